@@ -1,0 +1,326 @@
+"""One typed configuration for every stage, loaded from ``params.yaml``.
+
+``params.yaml`` is sectioned by stage (``data``, ``validate``, ``prepare``, ``train``,
+``evaluate``, ``index``, ``register``, ``serve``) plus ``tracking``. Every section is a
+pydantic model that forbids unknown keys, so a typo is an error naming ``section.key``.
+``--set section.key=value`` overrides go through the same validation.
+A ``train.preset`` names a file in ``fashionops/presets/``; its sections are applied over
+the file's values and under the ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fashionops.errors import FashionOpsError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(FashionOpsError):
+    """A params file or override is invalid; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """``import`` stage: where the catalogue comes from and where it lands."""
+
+    source: str | None = None  # else $FASHION_DATA, else ../shared/..., else Kaggle download
+    raw_dir: str = "data/raw"
+    limit: int | None = Field(default=None, ge=1)  # stratified sample of N images
+    stratify_by: str = "articleType"
+    seed: int = 42
+    kaggle_dataset: str = "paramaggarwal/fashion-product-images-small"
+
+
+class ValidateConfig(Section):
+    """``validate`` stage: Great Expectations suites over metadata and per-image facts."""
+
+    data_dir: str = "data/raw"
+    facts_path: str = "data/validated/image_facts.parquet"
+    report_dir: str = "reports/validation"
+    gx_dir: str = "gx"
+    required_columns: list[str] = ["id", "gender", "masterCategory", "subCategory", "articleType"]
+    genders: list[str] = ["Men", "Women", "Unisex", "Boys", "Girls"]
+    year_min: int = 1990
+    year_max: int = 2030
+    min_width: int = 32
+    min_height: int = 32
+    image_modes: list[str] = ["RGB", "L", "RGBA"]
+    # expectation name -> "critical" (fails the stage) or "warning" (reported only)
+    severity: dict[str, Literal["critical", "warning"]] = {}
+    workers: int = Field(default=2, ge=1)
+    max_examples: int = Field(default=10, ge=1)
+
+
+class SplitConfig(Section):
+    train: float = Field(default=0.8, gt=0, lt=1)
+    val: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.1, gt=0, lt=1)
+
+
+class PrepareConfig(Section):
+    """``prepare`` stage: filtering, label encoding, duplicate-aware split, balancing, cache."""
+
+    label: Literal["masterCategory", "subCategory", "articleType"] = "articleType"
+    min_images_per_class: int = Field(default=100, ge=1)
+    include: list[str] = []
+    exclude: list[str] = []
+    split: SplitConfig = SplitConfig()
+    seed: int = 42
+    # none | class_weights (weighted loss) | weighted_sampler | oversample (augmented copies)
+    balance: Literal["none", "class_weights", "weighted_sampler", "oversample"] = "none"
+    oversample_target: int = Field(default=500, ge=1)
+    image_height: int = Field(default=80, ge=8)
+    image_width: int = Field(default=60, ge=8)
+    workers: int = Field(default=2, ge=1)
+    out_dir: str = "data/prepared"
+
+
+class AugmentConfig(Section):
+    hflip: bool = True
+    crop_scale: float = Field(default=0.0, ge=0, lt=1)  # random resized crop: min area lost
+    affine_degrees: float = Field(default=0.0, ge=0)
+    color_jitter: float = Field(default=0.0, ge=0)
+
+
+class TrainConfig(Section):
+    """``train`` stage: Lightning + timm classifier or autoencoder."""
+
+    preset: str | None = None
+    task: Literal["classifier", "autoencoder"] = "classifier"
+    backbone: str = "tf_efficientnet_lite0"  # any timm model name, or a built-in (small_cnn, conv_autoencoder, ...)
+    pretrained: str = "efficientnet_lite0"  # none | timm | file:PATH | efficientnet_lite0
+    attention: Literal["none", "cbam", "spatial"] = "none"
+    cbam_reduction: int = Field(default=16, ge=1)
+    cbam_kernel: int = Field(default=7, ge=1)
+    head: Literal["linear", "mlp", "svm"] = "linear"
+    head_hidden: int = Field(default=512, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    latent_dim: int = Field(default=16, ge=1)  # autoencoder bottleneck
+    input_height: int | None = None  # None: the cache's size
+    input_width: int | None = None
+    normalization: Literal["imagenet", "backbone", "none"] = "imagenet"
+    loss: Literal["ce", "weighted_ce", "mse"] = "ce"
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    momentum: float = Field(default=0.9, ge=0)
+    scheduler: Literal["onecycle", "cosine", "plateau", "none"] = "onecycle"
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    early_stopping_patience: int = Field(default=6, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(default=1, ge=1)
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    compile: bool = False
+    num_workers: int = Field(default=0, ge=0)
+    seed: int = 42
+    limit_batches: float | int | None = None  # for smoke runs: limit train/val/test batches
+    out_dir: str = "models/classifier"
+
+
+class EvaluateConfig(Section):
+    """``evaluate`` stage: test-split metrics and plots."""
+
+    out_dir: str = "reports/evaluate"
+    batch_size: int = Field(default=256, ge=1)
+    top_misclassified: int = Field(default=20, ge=1)
+
+
+class IndexConfig(Section):
+    """``index`` stage: embeddings and Annoy index with recall-targeted tuning."""
+
+    embedder: Literal["classifier", "autoencoder"] = "classifier"
+    embedder_dir: str | None = None  # None: train.out_dir
+    metric: Literal["angular", "euclidean", "manhattan", "hamming", "dot"] = "angular"
+    n_trees: int = Field(default=50, ge=1)
+    search_k: int = -1  # -1: tuned to reach recall_target
+    recall_target: float = Field(default=0.95, gt=0, le=1)
+    recall_k: int = Field(default=10, ge=1)
+    tune_queries: int = Field(default=500, ge=1)
+    max_trees: int = Field(default=200, ge=1)
+    seed: int = 42
+    batch_size: int = Field(default=256, ge=1)
+    out_dir: str = "models/index"
+    report_dir: str = "reports/index"
+    retrieval_queries: int = Field(default=8, ge=1)
+
+
+class RegisterConfig(Section):
+    """``register`` stage: MLflow Model Registry with paired aliases."""
+
+    classifier_name: str = "fashion-classifier"
+    index_name: str = "fashion-visual-search"
+    selection_metric: str = "test_macro_f1"
+    min_delta: float = 0.0
+    promote: bool = True
+    out_path: str = "reports/register/result.json"
+
+
+class ServeConfig(Section):
+    """``serve``: FastAPI app over the champion models."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    alias: str = "champion"
+    model_dir: str | None = None  # a `fashionops pull` directory instead of the registry
+    max_upload_mb: float = Field(default=10.0, gt=0)
+    max_pixels: int = Field(default=4_000_000, ge=1)
+    token_env: str = "FASHIONOPS_API_TOKEN"
+    reload_poll_s: float = Field(default=0.0, ge=0)  # 0: only POST /reload
+    top_k: int = Field(default=5, ge=1)
+
+
+class TrackingConfig(Section):
+    """MLflow tracking; ``MLFLOW_TRACKING_URI`` overrides ``tracking_uri``."""
+
+    experiment: str = "fashionops"
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_location: str = "mlflow/artifacts"
+
+
+# "validate" and "register" shadow BaseModel/ABC class attributes; as instance fields they are fine.
+warnings.filterwarnings("ignore", message='Field name "(validate|register)"', category=UserWarning)
+
+
+class Params(Section):
+    data: DataConfig = DataConfig()
+    validate: ValidateConfig = ValidateConfig()  # type: ignore[assignment]
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    index: IndexConfig = IndexConfig()
+    register: RegisterConfig = RegisterConfig()
+    serve: ServeConfig = ServeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict with the section names of ``params.yaml``."""
+        return self.model_dump()
+
+    def flat(self) -> dict[str, Any]:
+        """``section.key`` -> value, for logging as MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Sections of a preset file (e.g. ``{"train": {...}, "prepare": {...}}``)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"train.preset: unknown preset {name!r}; known: {', '.join(list_presets())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path}: expected a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=2"`` -> (["train", "epochs"], 2); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"override {text!r}: key must be section.key (e.g. train.epochs=2)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+def _set_path(tree: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], origin: str, prefix: str = "") -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, f"{prefix}{key}.")
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration in {origin}:\n  " + "\n  ".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Load and validate ``params.yaml`` with preset and ``--set`` overrides applied.
+
+    Raises ``ConfigError`` naming the offending ``section.key`` for unknown keys, wrong
+    types and unparsable overrides. A missing file means all defaults.
+    """
+    path = Path(path)
+    tree: dict[str, Any] = {}
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        tree = loaded
+    elif str(path) != "params.yaml":
+        raise ConfigError(f"params file not found: {path}")
+
+    parsed = [parse_override(o) for o in overrides or []]
+    preset = tree.get("train", {}).get("preset") if isinstance(tree.get("train"), dict) else None
+    for parts, value in parsed:
+        if parts == ["train", "preset"]:
+            preset = value
+    if preset:
+        _merge(tree, load_preset(str(preset)), f"preset {preset}")
+    for (parts, value), text in zip(parsed, overrides or []):
+        _set_path(tree, parts, value, f"--set {text}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        origin = f"{path}" + (" with overrides" if overrides else "")
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def dump_params(params: Params) -> str:
+    """YAML text of a full configuration (what a run actually used)."""
+    return yaml.safe_dump(params.to_dict(), sort_keys=False)
