@@ -1,0 +1,57 @@
+# fashionops: `make run` runs the pipeline, `make test` runs the tests; both install what they need.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+# Prefect: ephemeral API by default, state kept inside the repo.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.DEFAULT_GOAL := help
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies (requirements.lock)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+data: setup ## import the catalogue into data/raw and track it with DVC
+	$(BIN)/fashionops import
+
+run: setup ## run the training-pipeline flow end to end with the defaults (ephemeral Prefect API)
+	$(BIN)/python flows/training_pipeline.py
+
+repro: setup ## run the DVC pipeline (dvc repro)
+	$(BIN)/dvc repro
+
+test: setup ## run the test suite (CPU; real data from ../shared)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup ## tests without the slow ones
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup ## run the benchmarks; results in benchmarks/results/*.json
+	$(BIN)/python benchmarks/run_all.py
+
+mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over the embedded stores
+	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlflow/artifacts
+
+ui: setup ## Prefect server + deployments + MLflow UI (prints the URLs)
+	bash scripts/ui.sh
+
+deploy-smoke: setup ## load both @champion models in a fresh process and predict on real images
+	$(BIN)/python scripts/deploy_smoke.py
+
+clean: ## remove caches (not data, models or the MLflow store)
+	rm -rf .pytest_cache **/__pycache__
+
+.PHONY: help setup data run repro test test-fast bench mlflow-ui ui deploy-smoke clean
