@@ -62,3 +62,61 @@ def small_catalogue(tmp_path_factory, shared_catalogue, shared_styles) -> Path:
     """A real 300-image catalogue: 30 images of each of the 10 largest article types (read-only)."""
     dest = tmp_path_factory.mktemp("small_catalogue")
     return make_subset(shared_catalogue, dest, shared_styles, per_class=30, classes=10)
+
+
+def params_for(workdir: Path, catalogue: Path | None = None, overrides: list[str] | None = None):
+    """Params whose every path lies under `workdir` (absolute), with a SQLite MLflow store there.
+
+    `catalogue` is used as the raw data directory as-is (the import stage is not needed).
+    """
+    from fashionops.config import load_params
+
+    w = Path(workdir)
+    raw = str(catalogue) if catalogue else str(w / "data/raw")
+    paths = [
+        f"data.raw_dir={raw}",
+        f"validate.data_dir={raw}",
+        f"validate.facts_path={w / 'data/validated/image_facts.parquet'}",
+        f"validate.report_dir={w / 'reports/validation'}",
+        f"validate.gx_dir={REPO / 'gx'}",
+        f"prepare.out_dir={w / 'data/prepared'}",
+        f"train.out_dir={w / 'models/classifier'}",
+        f"evaluate.out_dir={w / 'reports/evaluate'}",
+        f"index.out_dir={w / 'models/index'}",
+        f"index.report_dir={w / 'reports/index'}",
+        f"register.out_path={w / 'reports/register/result.json'}",
+        f"tracking.tracking_uri=sqlite:///{w / 'mlflow/mlflow.db'}",
+        f"tracking.artifact_location={w / 'mlflow/artifacts'}",
+    ]
+    return load_params(REPO / "params.yaml", paths + list(overrides or []))
+
+
+# Small and fast: 10 classes of 30 real images, one short epoch of the default backbone.
+TINY_TRAIN = [
+    "prepare.min_images_per_class=10",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "index.n_trees=10",
+    "index.tune_queries=50",
+    "index.retrieval_queries=4",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, small_catalogue):
+    """prepare -> train -> evaluate -> index run once on the small real catalogue; returns Params.
+
+    Read-only for tests: copy the outputs if a test must change them.
+    """
+    from fashionops.evaluate import run_evaluate
+    from fashionops.index import run_index
+    from fashionops.prepare import run_prepare
+    from fashionops.train import run_train
+
+    work = tmp_path_factory.mktemp("tiny_pipeline")
+    params = params_for(work, small_catalogue, TINY_TRAIN)
+    run_prepare(params)
+    run_train(params, resume=False)
+    run_evaluate(params, model_uri=None, data_dir=None)
+    run_index(params)
+    return params
