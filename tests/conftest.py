@@ -38,18 +38,15 @@ def shared_catalogue() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_styles(shared_catalogue: Path) -> pd.DataFrame:
-    return pd.read_csv(shared_catalogue / "styles.csv")
+    return pd.read_csv(shared_catalogue / "styles.csv", dtype={"year": "Int64"})
 
 
 def make_subset(src: Path, dest: Path, styles: pd.DataFrame, per_class: int, classes: int,
                 label: str = "articleType", seed: int = 0) -> Path:
     """Copy a real subset: `per_class` images of each of the `classes` largest classes."""
     top = styles[label].value_counts().index[:classes]
-    rows = (
-        styles[styles[label].isin(top)]
-        .groupby(label, group_keys=False)
-        .apply(lambda g: g.sample(n=min(per_class, len(g)), random_state=seed))
-    )
+    chosen = styles[styles[label].isin(top)]
+    rows = chosen.groupby(label).sample(n=min(per_class, int(chosen[label].value_counts().min())), random_state=seed)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     for image_id in rows["id"]:
         shutil.copyfile(src / "images" / f"{image_id}.jpg", dest / "images" / f"{image_id}.jpg")
@@ -80,7 +77,9 @@ def params_for(workdir: Path, catalogue: Path | None = None, overrides: list[str
         f"validate.report_dir={w / 'reports/validation'}",
         f"validate.gx_dir={REPO / 'gx'}",
         f"prepare.out_dir={w / 'data/prepared'}",
+        f"prepare.report_path={w / 'reports/prepare/summary.json'}",
         f"train.out_dir={w / 'models/classifier'}",
+        f"train.report_dir={w / 'reports/train'}",
         f"evaluate.out_dir={w / 'reports/evaluate'}",
         f"index.out_dir={w / 'models/index'}",
         f"index.report_dir={w / 'reports/index'}",
