@@ -20,30 +20,89 @@ from fashionops.config import Params
 RUN_FILE = "run.json"
 
 
-def tracking_uri(params: Params) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``tracking.tracking_uri`` (SQLite made absolute)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+# MLflow's own set_tracking_uri() also writes MLFLOW_TRACKING_URI into the environment (and
+# Lightning's MLFlowLogger calls it), so "the variable is set" does not mean a user chose a
+# server. A value equal to what MLflow itself last set is taken as MLflow's and remembered as
+# such; a value present at import, or any other value, is the user's.
+_ENV_AT_IMPORT = os.environ.get("MLFLOW_TRACKING_URI")
+_USER_URIS: set[str] = set()
+_MLFLOW_WRITTEN: set[str] = set()
+
+
+def _mlflow_set_uri() -> str | None:
+    try:
+        from mlflow.tracking._tracking_service import utils as _utils
+
+        return _utils._tracking_uri
+    except (ImportError, AttributeError):
+        return None
+
+
+def _user_env_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` when a user (not MLflow's setter) put it there, else None."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if not env:
+        return None
+    if env == _ENV_AT_IMPORT or env in _USER_URIS:
+        return env
+    if env in _MLFLOW_WRITTEN or env == _mlflow_set_uri():
+        _MLFLOW_WRITTEN.add(env)
+        return None
+    _USER_URIS.add(env)
+    return env
+
+
+def _absolute(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         db = Path(uri[len("sqlite:///"):]).resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{db}"
+    elif uri.startswith("sqlite:////"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
+def tracking_uri(params: Params) -> str:
+    """``MLFLOW_TRACKING_URI`` if a user set it, else ``tracking.tracking_uri`` (SQLite made absolute)."""
+    return _absolute(_user_env_uri() or params.tracking.tracking_uri)
+
+
+def is_embedded(params: Params) -> bool:
+    """True for the embedded default (the params' SQLite store, no server)."""
+    return _user_env_uri() is None and params.tracking.tracking_uri.startswith("sqlite:")
+
+
 def configure(params: Params) -> str:
-    """Point MLflow at the configured store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the configured store and make sure the experiment exists; returns its id.
+
+    The environment is left as it was (MLflow's setters would export the URI to it).
+    """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(params))
-    mlflow.set_registry_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    embedded = is_embedded(params)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     name = params.tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         location = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if embedded:
             # Embedded default: artifacts next to the SQLite store, not in ./mlruns.
             location = Path(params.tracking.artifact_location).resolve().as_uri()
-        return mlflow.create_experiment(name, artifact_location=location)
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Created concurrently by another stage/process since we looked.
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
     return exp.experiment_id
 
 
@@ -52,6 +111,17 @@ def _git(*args: str) -> str | None:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _norm_path(path: str | Path) -> str:
+    """A path as ``dvc.lock`` writes it: relative to the working directory when inside it."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            p = p.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            return str(p)
+    return p.as_posix()
 
 
 def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
@@ -72,8 +142,32 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     return hashes
 
 
+def flow_run_id() -> str | None:
+    """The Prefect flow-run id: inside a flow from ``prefect.runtime``; in a stage subprocess
+    from ``FASHIONOPS_FLOW_RUN_ID`` (exported by the flow) or Prefect's ``PREFECT__FLOW_RUN_ID``."""
+    for env in ("FASHIONOPS_FLOW_RUN_ID", "PREFECT__FLOW_RUN_ID"):
+        if os.environ.get(env):
+            return os.environ[env]
+    import sys
+
+    if "prefect" in sys.modules:  # only ask Prefect when a flow already imported it (import is slow)
+        try:
+            from prefect.runtime import flow_run
+
+            run_id = flow_run.id
+            return str(run_id) if run_id else None
+        except Exception:  # noqa: BLE001 - outside a flow or an incompatible Prefect: no id
+            return None
+    return None
+
+
 def run_tags(params: Params) -> dict[str, str]:
-    """Tags that let a reviewer trace a run to code, data and orchestration."""
+    """Tags that let a reviewer trace a run to code, data and orchestration.
+
+    ``git_commit``/``git_dirty``; ``dvc_raw_data_md5``/``dvc_prepared_md5`` from ``dvc.lock``
+    (``data/raw.dvc``); ``dvc_experiment`` under ``dvc exp run``; ``prefect_flow_run_id`` when a
+    flow runs the stage. Keys whose source is absent are left out.
+    """
     tags: dict[str, str] = {}
     commit = _git("rev-parse", "HEAD")
     if commit:
@@ -81,15 +175,14 @@ def run_tags(params: Params) -> dict[str, str]:
         tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
     hashes = dvc_hashes()
     for path, key in ((params.data.raw_dir, "dvc_raw_data_md5"), (params.prepare.out_dir, "dvc_prepared_md5")):
-        if hashes.get(path):
-            tags[key] = hashes[path]
-    for env, key in (
-        ("DVC_EXP_NAME", "dvc_experiment"),
-        ("PREFECT__FLOW_RUN_ID", "prefect_flow_run_id"),
-        ("FASHIONOPS_FLOW_RUN_ID", "prefect_flow_run_id"),
-    ):
-        if os.environ.get(env):
-            tags[key] = os.environ[env]
+        md5 = hashes.get(_norm_path(path)) or hashes.get(str(path))
+        if md5:
+            tags[key] = md5
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    run_id = flow_run_id()
+    if run_id:
+        tags["prefect_flow_run_id"] = run_id
     return tags
 
 
@@ -107,17 +200,119 @@ def read_run_file(out_dir: str | Path) -> dict[str, Any] | None:
 
 @contextmanager
 def pipeline_run(params: Params) -> Iterator[Any]:
-    """Reopen the run that ``train`` created (``run.json``), or start a new one if there is none."""
+    """Reopen the run that ``train`` created (``run.json``), or start a new one if there is none.
+
+    Either way the run gets the current :func:`run_tags` (a later stage may know more, e.g.
+    the DVC hash of the prepared split once ``dvc.lock`` has it).
+    """
     import mlflow
 
-    configure(params)
+    experiment_id = configure(params)
     info = read_run_file(params.train.out_dir)
     if info and _run_exists(info["run_id"]):
         with mlflow.start_run(run_id=info["run_id"]) as run:
+            mlflow.set_tags(run_tags(params))
             yield run
     else:
-        with mlflow.start_run(experiment_id=configure(params), tags=run_tags(params)) as run:
+        with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(params)) as run:
             yield run
+
+
+def log_params_flat(params: Params) -> None:
+    """Log the whole flattened configuration; keys already logged with the same value are skipped
+    (MLflow params are immutable, so a different value is logged as a tag ``param_changed.<key>``)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return
+    logged = mlflow.get_run(run.info.run_id).data.params
+    new: dict[str, str] = {}
+    for key, value in params.flat().items():
+        text = str(value)[:6000]
+        if key not in logged:
+            new[key] = text
+        elif logged[key] != text:
+            mlflow.set_tag(f"param_changed.{key}", text[:5000])
+    items = list(new.items())
+    for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        mlflow.log_params(dict(items[start:start + 100]))
+
+
+def log_metrics_file(path: str | Path, prefix: str = "") -> dict[str, float]:
+    """Log every numeric top-level value of a metrics JSON file to the active run; returns them."""
+    import mlflow
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    metrics = {
+        f"{prefix}{k}": float(v) for k, v in data.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    if metrics and mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics)
+    return metrics
+
+
+def log_artifacts_if_present(paths: list[str | Path], artifact_path: str | None = None) -> list[str]:
+    """Log each existing file or directory; missing ones are skipped. Returns what was logged."""
+    import mlflow
+
+    logged: list[str] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), f"{artifact_path}/{p.name}" if artifact_path else p.name)
+        elif p.is_file():
+            mlflow.log_artifact(str(p), artifact_path)
+        else:
+            continue
+        logged.append(str(p))
+    return logged
+
+
+def model_card(params: Params, metrics: dict[str, float], tags: dict[str, str],
+               extra: dict[str, Any] | None = None) -> str:
+    """A short markdown model card: what was trained on what, how well, and how to use it."""
+    t = params.train
+    lines = [
+        f"# {params.register.classifier_name}",
+        "",
+        f"Classifier of `{params.prepare.label}` on Fashion Product Images (Small), "
+        f"{t.backbone} (pretrained: {t.pretrained}, attention: {t.attention}, head: {t.head}), "
+        f"{t.epochs} epoch(s), batch {t.batch_size}, lr {t.lr}, balance: {params.prepare.balance}.",
+        "",
+        "## Metrics (test split)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())],
+        "",
+        "## Lineage",
+        "",
+        *[f"- {k}: `{v}`" for k, v in sorted(tags.items())],
+    ]
+    for key, value in (extra or {}).items():
+        lines.append(f"- {key}: `{value}`")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import mlflow, pandas as pd",
+        f'model = mlflow.pyfunc.load_model("models:/{params.register.classifier_name}@champion")',
+        'model.predict(pd.DataFrame({"image": [open("shirt.jpg", "rb").read()]}), params={"top_k": 3})',
+        "```",
+        "",
+        "Input: column `image` of encoded image file bytes (JPEG/PNG...); HxWx3 uint8 arrays and file",
+        "paths are accepted in Python too. Output: `label`, `probability`, `top_labels`,",
+        "`top_probabilities`, `probabilities` (classes order, see the model metadata `classes`).",
+        "",
+        "Limits: trained on studio catalogue photos (80x60); other photos are out of distribution.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _run_exists(run_id: str) -> bool:

@@ -1,0 +1,89 @@
+"""Batch prediction with a deployed classifier: the registry alias, a model URI, or a pull directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from fashionops.config import Params
+from fashionops.errors import DataError, FashionOpsError
+
+BATCH = 32
+
+
+def resolve_model_uri(params: Params, model_uri: str | None = None) -> str:
+    """``models:/<classifier_name>@champion`` by default; a ``fashionops pull`` directory means its
+    ``classifier/`` model; any other directory or URI is used as is."""
+    if not model_uri:
+        return f"models:/{params.register.classifier_name}@champion"
+    p = Path(model_uri)
+    if p.is_dir():
+        if (p / "manifest.json").is_file() and (p / "classifier" / "MLmodel").is_file():
+            return str((p / "classifier").resolve())
+        if (p / "MLmodel").is_file():
+            return str(p.resolve())
+        raise DataError(f"{model_uri}: a directory but neither an MLflow model nor a `fashionops pull` directory")
+    return model_uri
+
+
+def load_classifier(params: Params, model_uri: str | None = None) -> Any:
+    """Load the classifier pyfunc; errors name the URI and the tracking store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from fashionops import tracking
+
+    uri = resolve_model_uri(params, model_uri)
+    tracking.configure(params)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise FashionOpsError(f"cannot load model {uri} (tracking store {tracking.tracking_uri(params)}): "
+                              f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
+
+
+def predict_images(params: Params, images: Iterable[str | Path], model_uri: str | None = None,
+                   k: int = 3) -> Iterator[dict[str, Any]]:
+    """Classify image files; yields one JSON-able dict per image, in order:
+    ``{"file", "label", "probability", "top_k": [{"label", "probability"}, ...]}``, or
+    ``{"file", "error"}`` for a file that is not a readable image (the others are still scored).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from fashionops.imaging import load_rgb
+    from fashionops.pyfunc_models import images_frame
+
+    if k < 1:
+        raise DataError(f"k must be >= 1 (got {k})")
+    model = load_classifier(params, model_uri)
+    pending: list[tuple[str, Any]] = []
+
+    def flush() -> Iterator[dict[str, Any]]:
+        if not pending:
+            return
+        try:
+            out = model.predict(images_frame([img for _, img in pending]), params={"top_k": k})
+        except MlflowException as exc:  # the model's own input errors (ModelInputError)
+            raise DataError(exc.message) from None
+        for (name, _), row in zip(pending, out.to_dict("records")):
+            yield {
+                "file": name,
+                "label": row["label"],
+                "probability": round(float(row["probability"]), 6),
+                "top_k": [{"label": lab, "probability": round(float(p), 6)}
+                          for lab, p in zip(row["top_labels"], row["top_probabilities"])],
+            }
+        pending.clear()
+
+    for image in images:
+        name = str(image)
+        try:
+            # Decoded here so that one bad file is reported alone instead of failing its batch.
+            pending.append((name, load_rgb(image, max_pixels=params.serve.max_pixels)))
+        except FashionOpsError as exc:
+            yield from flush()
+            yield {"file": name, "error": str(exc)}
+            continue
+        if len(pending) >= BATCH:
+            yield from flush()
+    yield from flush()

