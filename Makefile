@@ -31,7 +31,8 @@ run: setup ## run the training-pipeline flow end to end with the defaults (ephem
 repro: setup ## run the DVC pipeline (dvc repro)
 	$(BIN)/dvc repro
 
-test: setup ## run the test suite (CPU; real data from ../shared)
+test: setup ## run the test suite (CPU; real data from ../shared; installs Debian's chromium for the web UI test)
+	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: setup ## tests without the slow ones

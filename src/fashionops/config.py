@@ -40,6 +40,7 @@ class DataConfig(Section):
     stratify_by: str = "articleType"
     seed: int = 42
     kaggle_dataset: str = "paramaggarwal/fashion-product-images-small"
+    download: bool = True  # allow the Kaggle download when no local source is found
 
 
 class ValidateConfig(Section):
@@ -84,6 +85,7 @@ class PrepareConfig(Section):
     image_width: int = Field(default=60, ge=8)
     workers: int = Field(default=2, ge=1)
     out_dir: str = "data/prepared"
+    report_path: str = "reports/prepare/summary.json"
 
 
 class AugmentConfig(Section):
@@ -128,9 +130,11 @@ class TrainConfig(Section):
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     compile: bool = False
     num_workers: int = Field(default=0, ge=0)
+    cpu_threads: int | None = Field(default=None, ge=1)  # torch threads on CPU; None: every core allowed
     seed: int = 42
     limit_batches: float | int | None = None  # for smoke runs: limit train/val/test batches
     out_dir: str = "models/classifier"
+    report_dir: str = "reports/train"  # metrics.json + history.csv
 
 
 class EvaluateConfig(Section):
@@ -158,6 +162,9 @@ class IndexConfig(Section):
     out_dir: str = "models/index"
     report_dir: str = "reports/index"
     retrieval_queries: int = Field(default=8, ge=1)
+    # SVD projection to this many dimensions before Annoy (fitted on the catalogue, applied to
+    # queries); None: index the embeddings as they are. Chosen by measurement (benchmarks/bench_index.py).
+    dim: int | None = Field(default=256, ge=2)
 
 
 class RegisterConfig(Section):
@@ -169,6 +176,7 @@ class RegisterConfig(Section):
     min_delta: float = 0.0
     promote: bool = True
     out_path: str = "reports/register/result.json"
+    metrics_path: str | None = None  # None: <evaluate.out_dir>/metrics.json
 
 
 class ServeConfig(Section):
@@ -178,6 +186,13 @@ class ServeConfig(Section):
     port: int = 8000
     alias: str = "champion"
     model_dir: str | None = None  # a `fashionops pull` directory instead of the registry
+    # auto: model_dir if set, else the registry alias, else train.out_dir + index.out_dir (dev)
+    source: Literal["auto", "registry", "dir", "local"] = "auto"
+    images_dir: str | None = None  # catalogue images; None: <data.raw_dir>/images
+    # torch threads per forward pass in `fashionops serve` (0: torch's default); passes run in
+    # parallel up to cores // threads
+    torch_threads: int = Field(default=1, ge=0)
+    jit: bool = True  # serve frozen TorchScript traces (checked against eager; eager if tracing fails)
     max_upload_mb: float = Field(default=10.0, gt=0)
     max_pixels: int = Field(default=4_000_000, ge=1)
     token_env: str = "FASHIONOPS_API_TOKEN"
