@@ -128,13 +128,12 @@ def decode_images(model_input: Any, max_pixels: int | None = MAX_PIXELS) -> list
 
 
 def _load_module(model_dir: str) -> tuple[Any, dict[str, Any]]:
-    import torch
-
     from fashionops.models.factory import load_model
 
     module, spec = load_model(model_dir)
     module.eval()
-    torch.set_grad_enabled(False)
+    # Inference only, but never flip autograd off process-wide: callers may train afterwards.
+    module.requires_grad_(False)
     return module, spec
 
 
