@@ -165,6 +165,7 @@ class IndexConfig(Section):
     # SVD projection to this many dimensions before Annoy (fitted on the catalogue, applied to
     # queries); None: index the embeddings as they are. Chosen by measurement (benchmarks/bench_index.py).
     dim: int | None = Field(default=256, ge=2)
+    refresh_cron: str | None = None  # schedule of the index-refresh deployment (`make ui`)
 
 
 class RegisterConfig(Section):

@@ -337,7 +337,15 @@ def ensure_raw_data(workspace: str | Path, source: str | None = None, force: boo
     raw = _resolve(workspace, params.data.raw_dir)
     dvc_file = raw.with_name(raw.name + ".dvc")
     if dvc_file.is_file() and not force and not source:
-        return {"imported": False, "dvc_file": str(dvc_file)}
+        if raw.exists():
+            return {"imported": False, "dvc_file": str(dvc_file)}
+        # A fresh clone: the .dvc file is committed but the data is not here yet; fetch it from
+        # the DVC remote, and import from a local source only if that fails.
+        code, lines = run_command(dvc_command("pull", str(dvc_file)), cwd=workspace, env=env, log=log)
+        if code == 0 and raw.exists():
+            return {"imported": False, "pulled": True, "dvc_file": str(dvc_file)}
+        if log:
+            log(f"dvc pull {dvc_file.name} failed ({error_message(lines)}); importing the catalogue instead")
     args = [sys.executable, "-m", "fashionops.cli", "import"] + (["--source", source] if source else [])
     code, lines = run_command(args, cwd=workspace, env=env, log=log)
     if code != 0:

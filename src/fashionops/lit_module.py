@@ -1,0 +1,253 @@
+"""The ``LightningModule`` of the ``train`` stage: loss, optimiser, schedule and epoch metrics.
+
+The network itself comes from ``fashionops.models.factory`` (``self.model``); this module only
+wraps it. The loss follows ``model.loss_kind``: ``ce`` (label smoothing; class weights for
+``train.loss: weighted_ce`` or ``prepare.balance: class_weights``), ``hinge`` (SVM head,
+``multi_margin_loss``), ``mse`` (autoencoders reconstruct the normalised input).
+
+Metrics are accumulated as device tensors during the epoch (no per-step host sync) and
+computed once per epoch in ``on_validation_epoch_end``: train/val loss, accuracy, macro-F1
+and the learning rate. That hook runs before Lightning saves ``last.ckpt``, so the epoch's
+history row and the epoch-level scheduler step are inside the checkpoint a resume starts from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashionops.config import TrainConfig
+from fashionops.errors import FashionOpsError
+
+
+def macro_f1(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Macro-averaged F1 over the classes present in ``target`` or ``preds`` (as scikit-learn)."""
+    preds, target = preds.long().flatten(), target.long().flatten()
+    if target.numel() == 0:
+        return torch.tensor(float("nan"), device=target.device)
+    cm = torch.bincount(target * num_classes + preds, minlength=num_classes * num_classes)
+    cm = cm.reshape(num_classes, num_classes).double()
+    tp = cm.diagonal()
+    support, predicted = cm.sum(1), cm.sum(0)
+    denom = support + predicted
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    present = denom > 0
+    return f1[present].mean().float()
+
+
+class _EpochStats:
+    """Sums kept on the device during an epoch; read once at its end."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum: torch.Tensor | None = None
+        self.count = 0
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, loss: torch.Tensor, n: int, preds: torch.Tensor | None = None,
+               targets: torch.Tensor | None = None) -> None:
+        weighted = loss.detach().float() * n
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self.count += n
+        if preds is not None and targets is not None:
+            self.preds.append(preds.detach())
+            self.targets.append(targets.detach())
+
+
+class FashionLitModule(L.LightningModule):
+    """Trains a ``factory.build_model`` module (classifier or autoencoder) from ``TrainConfig``."""
+
+    def __init__(self, model: nn.Module, spec: dict[str, Any], train: TrainConfig,
+                 class_weights: list[float] | None = None, weighted_loss: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.cfg = train
+        self.task = spec.get("task", "classifier")
+        self.loss_kind = getattr(model, "loss_kind", spec.get("loss_kind", "ce"))
+        self.num_classes = int(spec.get("num_classes", 0))
+        if weighted_loss:
+            if class_weights is None:
+                raise FashionOpsError(
+                    "a class-weighted loss was asked for (train.loss=weighted_ce or prepare.balance=class_weights) "
+                    "but data/prepared has no class_weights.json; re-run `fashionops prepare`"
+                )
+            if len(class_weights) != self.num_classes:
+                raise FashionOpsError(f"class_weights.json has {len(class_weights)} weights for {self.num_classes} classes")
+            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+        else:
+            self.class_weights = None
+        if self.task == "autoencoder" and self.loss_kind != "mse":
+            raise FashionOpsError(f"task autoencoder needs an autoencoder model (loss mse), got loss {self.loss_kind!r}")
+        self.history: list[dict[str, float]] = []
+        self._train_stats = _EpochStats()
+        self._val_stats = _EpochStats()
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None
+        self._compiled: Any = None
+
+    # -- model ---------------------------------------------------------------------------
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """(metric, mode) for checkpoints, early stopping and the plateau schedule."""
+        return ("val_loss", "min") if self.task == "autoencoder" else ("val_macro_f1", "max")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.compile and self._compiled is None:
+            # kept out of the module tree so state_dict keys stay those of self.model
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+        return (self._compiled or self.model)(x)
+
+    def compute_loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of ``model.loss_kind`` for one batch (outputs in float32)."""
+        out = out.float()
+        if self.loss_kind == "mse":
+            return F.mse_loss(out, x.float())
+        if self.loss_kind == "hinge":
+            return F.multi_margin_loss(out, y, weight=self.class_weights)
+        if self.loss_kind == "ce":
+            return F.cross_entropy(out, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+        raise FashionOpsError(f"unknown loss kind {self.loss_kind!r} on the model")
+
+    # -- steps ---------------------------------------------------------------------------
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stats: _EpochStats) -> torch.Tensor:
+        x, y = batch
+        out = self(x)
+        loss = self.compute_loss(out, x, y)
+        if self.task == "autoencoder":
+            stats.update(loss, x.shape[0])
+        else:
+            stats.update(loss, x.shape[0], out.argmax(1), y)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_stats.reset()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self._train_stats)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_stats.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self._val_stats)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self._val_stats)
+
+    def on_test_epoch_start(self) -> None:
+        self._val_stats.reset()
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._summarise(self._val_stats, "test")
+        self.log_dict({k: v for k, v in metrics.items() if not math.isnan(v)}, sync_dist=False)
+
+    # -- epoch metrics -------------------------------------------------------------------
+    def _gather_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return self.all_gather(value).sum(0)
+        return value
+
+    def _gather_cat(self, value: torch.Tensor) -> torch.Tensor:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return self.all_gather(value).flatten(0, 1)  # needs equal sizes: the DDP sampler pads
+        return value
+
+    def _summarise(self, stats: _EpochStats, prefix: str) -> dict[str, float]:
+        """Loss/accuracy/macro-F1 of one epoch's accumulated stats (one host sync)."""
+        if stats.count == 0 or stats.loss_sum is None:
+            return {}
+        loss = self._gather_sum(stats.loss_sum) / self._gather_sum(torch.tensor(float(stats.count), device=self.device))
+        out = {f"{prefix}_loss": float(loss)}
+        if stats.preds:
+            preds = self._gather_cat(torch.cat(stats.preds))
+            targets = self._gather_cat(torch.cat(stats.targets))
+            out[f"{prefix}_acc"] = float((preds == targets).float().mean())
+            out[f"{prefix}_macro_f1"] = float(macro_f1(preds, targets, self.num_classes))
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = self._summarise(self._val_stats, "val")
+        fitting = self.trainer.state.fn == "fit"
+        if fitting:
+            metrics.update(self._summarise(self._train_stats, "train"))
+            metrics["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        # Lightning also forwards these to the MLflow logger at the end of the epoch.
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        if not fitting:
+            return
+        row = {"epoch": int(self.current_epoch) + 1, **metrics}
+        self.history.append(row)
+        if self._plateau is not None:
+            # Stepped here, not by Lightning after the checkpoint, so a resume restores its state.
+            name, _ = self.monitor
+            if name in metrics:
+                self._plateau.step(metrics[name])
+
+    # -- optimisation --------------------------------------------------------------------
+    def _param_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # no weight decay on biases and norm scales (1-d): decaying them only hurts
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        groups = self._param_groups()
+        if cfg.optimizer == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        elif cfg.optimizer == "adam":
+            # Adam's weight decay is an L2 term in the gradient (unlike AdamW's decoupled decay)
+            opt = torch.optim.Adam(groups, lr=cfg.lr)
+        elif cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        else:  # pragma: no cover - the config's Literal rules this out
+            raise FashionOpsError(f"train.optimizer: unknown {cfg.optimizer!r}")
+        if cfg.scheduler == "none":
+            return opt
+        if cfg.scheduler == "plateau":
+            _, mode = self.monitor
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode=mode, factor=0.5, patience=max(1, cfg.early_stopping_patience // 3)
+            )
+            if self._plateau_state is not None:
+                self._plateau.load_state_dict(self._plateau_state)
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if cfg.scheduler == "onecycle":
+            sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+        elif cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:  # pragma: no cover
+            raise FashionOpsError(f"train.scheduler: unknown {cfg.scheduler!r}")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoint state ----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fashionops"] = {
+            "history": list(self.history),
+            "plateau": self._plateau.state_dict() if self._plateau is not None else None,
+            "spec": self.spec,
+            "train": self.cfg.model_dump(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("fashionops") or {}
+        self.history = list(state.get("history", []))
+        self._plateau_state = state.get("plateau")

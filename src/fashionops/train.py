@@ -1,0 +1,510 @@
+"""``train`` stage: Lightning training of the ``model_spec`` network on ``data/prepared``.
+
+``run_train(params, resume)`` writes (see ``docs/architecture.md``):
+
+* ``<train.out_dir>/{weights.pt, model_spec.json}`` (the best epoch), ``checkpoints/{best,last}.ckpt``
+  and ``run.json`` (the MLflow run later stages reopen);
+* ``<train.report_dir>/metrics.json`` (best validation metrics, epochs, seconds, images/s,
+  device) and ``history.csv`` (one row per epoch).
+
+Placement is automatic: on a CUDA GPU bf16-mixed precision and channels_last memory format, on
+CPU fp32 with torch using every core it may. ``resume=True`` continues from
+``checkpoints/last.ckpt`` (Lightning's ``ckpt_path``) into the same MLflow run; every epoch's
+randomness (sample order, augmentation, dropout) is a function of ``train.seed`` and the epoch
+number only, so a resumed run retraces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import MLFlowLogger
+
+from fashionops import tracking
+from fashionops.config import Params, TrainConfig
+from fashionops.datamodule import FashionDataModule, PreparedData, load_prepared
+from fashionops.errors import FashionOpsError
+from fashionops.lit_module import FashionLitModule
+
+CHECKPOINT_DIR = "checkpoints"
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr",
+                   "train_acc", "train_macro_f1", "epoch_seconds", "images_per_s"]
+
+# Expected on this stage's setup; each would otherwise print on every run.
+for _pattern in (
+    r".*does not have many workers.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*Experiment with name .* not found.*",
+    r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+):
+    warnings.filterwarnings("ignore", message=_pattern)
+
+
+# -- runtime ------------------------------------------------------------------------------
+def resolve_runtime(cfg: TrainConfig) -> dict[str, Any]:
+    """Accelerator, precision and memory format for ``train.accelerator/precision`` ("auto")."""
+    wants_gpu = cfg.accelerator in ("auto", "gpu", "cuda")
+    cuda = wants_gpu and torch.cuda.is_available()
+    if cfg.accelerator in ("gpu", "cuda") and not cuda:
+        raise FashionOpsError(f"train.accelerator={cfg.accelerator} but no CUDA GPU is visible; use auto or cpu")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else ("16-mixed" if cuda else "32-true")
+    return {
+        "accelerator": "gpu" if cuda else ("cpu" if cfg.accelerator == "auto" else cfg.accelerator),
+        "cuda": cuda,
+        "precision": precision,
+        "channels_last": cuda,  # conv kernels on tensor cores want NHWC; on CPU it does not pay
+        "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
+    }
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads: ``threads``, else every core this process may run on.
+
+    On a machine shared with other jobs fewer threads can be much faster (oversubscribed
+    threads spin-wait on each other): ``train.cpu_threads``.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, threads or cores))
+    return torch.get_num_threads()
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (all devices) from (seed, epoch, rank)."""
+    s = (int(seed) * 1_000_003 + int(epoch) * 1009 + int(rank)) % (2**31 - 1)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def library_versions() -> dict[str, str]:
+    import lightning
+    import mlflow
+    import timm
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "mlflow": mlflow.__version__,
+        "cuda": torch.version.cuda or "none",
+        "cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none",
+    }
+
+
+# -- callbacks ----------------------------------------------------------------------------
+class EpochSeed(Callback):
+    """Reseed every RNG at the start of each training epoch.
+
+    With the sampler also seeded by epoch, what happens in epoch ``e`` depends on ``(seed, e)``
+    and the weights at its start only, which is exactly what ``last.ckpt`` holds.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed_epoch(self.seed, trainer.current_epoch, trainer.global_rank)
+
+
+class Throughput(Callback):
+    """Training images/s and epoch wall time, measured per epoch (one device sync per epoch)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self._t0 = self._epoch_t0 = 0.0
+        self._images = 0
+        self._train_seconds: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict.get("epochs", []))
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sync(pl_module)
+        self._t0 = self._epoch_t0 = time.perf_counter()
+        self._images = 0
+        self._train_seconds = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._images += int(batch[0].shape[0]) * trainer.world_size
+
+    def _end_train_part(self, pl_module: L.LightningModule) -> None:
+        if self._train_seconds is None:
+            self._sync(pl_module)
+            self._train_seconds = time.perf_counter() - self._t0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._end_train_part(pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._record(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # no validation this epoch (limit_val_batches=0): close the epoch here
+        if not self.epochs or self.epochs[-1]["epoch"] != trainer.current_epoch + 1:
+            self._record(trainer, pl_module)
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_train_part(pl_module)
+        seconds = max(self._train_seconds or 0.0, 1e-9)
+        self.epochs.append({
+            "epoch": trainer.current_epoch + 1,
+            "train_images": self._images,
+            "train_seconds": seconds,
+            "epoch_seconds": time.perf_counter() - self._epoch_t0,
+            "images_per_s": self._images / seconds,
+        })
+
+    def live_rate(self) -> float:
+        elapsed = time.perf_counter() - self._t0
+        return self._images / elapsed if elapsed > 0 and self._images else 0.0
+
+
+class ThroughputBar(TQDMProgressBar):
+    """Progress bar showing training images/s and the last validation macro-F1."""
+
+    def __init__(self, throughput: Throughput, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.throughput = throughput
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        items["img/s"] = f"{self.throughput.live_rate():.0f}"
+        for key in ("val_macro_f1", "val_loss"):
+            if key in trainer.callback_metrics:
+                items[key] = f"{float(trainer.callback_metrics[key]):.4f}"
+                break
+        return items
+
+
+# -- tracking -----------------------------------------------------------------------------
+def _existing_run(uri: str, run_id: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - unknown id or unreachable store: start a new run
+        return False
+
+
+def resumable_run_id(params: Params) -> str | None:
+    """The MLflow run recorded in ``<train.out_dir>/run.json`` if it is in the configured store."""
+    info = tracking.read_run_file(params.train.out_dir)
+    uri = tracking.tracking_uri(params)
+    if info and info.get("tracking_uri") == uri and _existing_run(uri, info["run_id"]):
+        return str(info["run_id"])
+    return None
+
+
+def make_logger(params: Params, run_id: str | None) -> MLFlowLogger:
+    """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0)."""
+    return MLFlowLogger(
+        experiment_name=params.tracking.experiment, tracking_uri=tracking.tracking_uri(params), run_id=run_id,
+        tags=tracking.run_tags(params) if run_id is None else None, log_model=False,
+    )
+
+
+def start_tracking(params: Params, logger: MLFlowLogger, resume: bool, runtime: dict[str, Any]) -> str:
+    """Open the logger's run and record what a reviewer needs; returns the run id.
+
+    Logs every param (``params.flat()``), the device and library versions, and writes
+    ``run.json`` at once so a killed run can be resumed into the same MLflow run.
+    """
+    from mlflow.entities import Param, RunTag
+
+    experiment_id = tracking.configure(params)  # before the run exists: the experiment's artifact location
+    uri = tracking.tracking_uri(params)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        client, run_id = logger.experiment, logger.run_id
+    finally:
+        # the logger's first use calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI;
+        # left set, it would redirect later stages (and tests) in this process to this store
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    tracking.write_run_file(params.train.out_dir, run_id, logger.experiment_id or experiment_id, uri)
+
+    logged = client.get_run(run_id).data.params
+    flat = {k: "" if v is None else str(v)[:6000] for k, v in params.flat().items()}
+    changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
+    new = [Param(k, v) for k, v in flat.items() if k not in logged]
+    for i in range(0, len(new), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=new[i:i + 100])
+    tags = {
+        "stage": "train",
+        "device": runtime["device_name"],
+        "precision": runtime["precision"],
+        "torch_threads": str(torch.get_num_threads()),
+        **{f"version.{k}": v for k, v in library_versions().items()},
+    }
+    if resume:
+        tags["resumed"] = "true"
+        if changed:
+            # MLflow params are immutable; record what a resume changed instead of failing
+            tags["resume_changed_params"] = ",".join(changed)[:5000]
+        client.update_run(run_id, status="RUNNING")
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return run_id
+
+
+# -- reports ------------------------------------------------------------------------------
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_history(module_history: list[dict[str, float]], throughput: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per epoch: the module's metrics joined with the throughput callback's timings."""
+    timing = {int(t["epoch"]): t for t in throughput}
+    rows = []
+    for row in module_history:
+        t = timing.get(int(row["epoch"]), {})
+        merged = {c: row.get(c, t.get(c)) for c in HISTORY_COLUMNS}
+        rows.append(merged)
+    return rows
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def best_row(rows: list[dict[str, Any]], monitor: str, mode: str) -> dict[str, Any] | None:
+    """The epoch ModelCheckpoint keeps: best ``monitor``, the earliest one on ties."""
+    scored = [r for r in rows if r.get(monitor) is not None and math.isfinite(r[monitor])]
+    if not scored:
+        return None
+    sign = -1.0 if mode == "max" else 1.0
+    return min(scored, key=lambda r: (sign * r[monitor], r["epoch"]))
+
+
+def print_summary(metrics: dict[str, Any], paths: dict[str, str]) -> None:
+    """One screen at the end of training."""
+    line = "=" * 72
+    out = [line, "fashionops train: summary", line]
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for key in ("device", "precision", "model", "epochs_run", "best_epoch", "best_val_macro_f1", "best_val_acc",
+                "best_val_loss", "seconds", "images_per_s", "mlflow_run_id"):
+        if metrics.get(key) is not None:
+            out.append(f"  {key:<20} {fmt(metrics[key])}")
+    out.append("  outputs:")
+    for key, value in paths.items():
+        out.append(f"    {key:<18} {value}")
+    out.append(line)
+    print("\n".join(out), flush=True)
+
+
+# -- the stage ----------------------------------------------------------------------------
+def build_trainer(cfg: TrainConfig, runtime: dict[str, Any], ckpt_dir: Path, monitor: tuple[str, str],
+                  logger: Any, throughput: Throughput, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+    """The Trainer of the stage: checkpoints on the monitor, early stopping, seeded epochs."""
+    name, mode = monitor
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=name, mode=mode, save_top_k=1, save_last=True,
+        enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    callbacks: list[Callback] = [
+        EpochSeed(cfg.seed),
+        throughput,
+        EarlyStopping(monitor=name, mode=mode, patience=cfg.early_stopping_patience, check_finite=True),
+        ThroughputBar(throughput, refresh_rate=10 if runtime["cuda"] else 1),
+        checkpoint,
+        *(extra_callbacks or []),
+    ]
+    if logger is not None:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))  # every log_every_n_steps
+    limit = cfg.limit_batches
+    return L.Trainer(
+        accelerator=runtime["accelerator"],
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=runtime["precision"],
+        max_epochs=cfg.epochs,
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        limit_train_batches=limit,
+        limit_val_batches=limit,
+        limit_test_batches=limit,
+        num_sanity_val_steps=0,  # the first real validation comes soon enough
+        log_every_n_steps=50,
+        benchmark=runtime["cuda"],  # fixed input size: let cuDNN pick the fastest kernels
+        default_root_dir=str(ckpt_dir.parent),
+        enable_model_summary=False,
+    )
+
+
+# train params that may change between a run and its resume (placement, paths, patience)
+RESUME_MAY_CHANGE = {"accelerator", "devices", "strategy", "num_nodes", "num_workers", "cpu_threads", "compile",
+                     "precision", "out_dir", "report_dir", "preset", "early_stopping_patience"}
+
+
+def check_resumable(last: Path, cfg: TrainConfig) -> None:
+    """Refuse a resume whose train params would change the run (schedule length, model, data...)."""
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a truncated/corrupt file: say which and what to do
+        raise FashionOpsError(f"--resume: cannot read {last} ({exc}); train again without --resume") from exc
+    saved = (ckpt.get("fashionops") or {}).get("train")
+    if saved is None:
+        raise FashionOpsError(f"--resume: {last} was not written by `fashionops train`")
+    now = cfg.model_dump()
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"train.{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise FashionOpsError(f"--resume: the checkpoint was trained with other params ({detail}); "
+                              "resume with the same params or train again without --resume")
+
+
+def _best_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    prefix = "model."
+    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
+    """Train, keep the best epoch, write the model, checkpoints, reports and the MLflow run.
+
+    Returns the ``metrics.json`` content. ``resume=True`` continues from
+    ``<train.out_dir>/checkpoints/last.ckpt``.
+    """
+    from fashionops.models.factory import build_model, model_spec, save_model
+
+    cfg = params.train
+    out_dir, report_dir = Path(cfg.out_dir), Path(cfg.report_dir)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise FashionOpsError(f"--resume: no checkpoint at {last}; start with `fashionops train` (without --resume)")
+    if resume:
+        check_resumable(last, cfg)
+    t_start = time.perf_counter()
+    runtime = resolve_runtime(cfg)
+    if not runtime["cuda"]:
+        set_cpu_threads(cfg.cpu_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    data: PreparedData = load_prepared(params.prepare.out_dir)
+    spec = model_spec(cfg, data.classes, data.label_column, data.image_hw)
+    # the weights come from the checkpoint on resume: skip loading pretrained ones
+    model = build_model(spec, pretrained="none" if resume else None)
+    if runtime["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    weighted = cfg.loss == "weighted_ce" or params.prepare.balance == "class_weights"
+    if cfg.loss == "mse" and cfg.task != "autoencoder":
+        raise FashionOpsError("train.loss=mse is the autoencoder loss; set train.task=autoencoder")
+    lit = FashionLitModule(model, spec, cfg, class_weights=data.class_weights, weighted_loss=weighted)
+    dm = FashionDataModule.from_params(params, spec, data=data, channels_last=runtime["channels_last"],
+                                       pin_memory=runtime["cuda"])
+
+    throughput = Throughput()
+    logger = make_logger(params, resumable_run_id(params) if resume else None)
+    trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, logger, throughput)
+    if trainer.is_global_zero:  # under DDP only rank 0 touches files and MLflow
+        if not resume and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # stale best/last of an earlier run must not be resumed or kept
+        run_id = start_tracking(params, logger, resume, runtime)
+        logger.experiment.log_artifact(run_id, str(data.root / "labels.json"), artifact_path="model")
+    fit_t0 = time.perf_counter()
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if resume else None)
+    fit_seconds = time.perf_counter() - fit_t0
+    if not trainer.is_global_zero:
+        return {}
+
+    checkpoint = trainer.checkpoint_callback
+    assert isinstance(checkpoint, ModelCheckpoint)
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    if not best_path.is_file():
+        raise FashionOpsError(f"training produced no checkpoint in {ckpt_dir} (was validation skipped?)")
+    model.load_state_dict(_best_state(best_path))
+    model = model.to(memory_format=torch.contiguous_format)
+    save_model(out_dir, model.cpu(), spec)
+
+    name, mode = lit.monitor
+    rows = build_history(lit.history, throughput.epochs)
+    best = best_row(rows, name, mode) or {}
+    train_images = sum(t["train_images"] for t in throughput.epochs)
+    train_seconds = sum(t["train_seconds"] for t in throughput.epochs)
+    metrics: dict[str, Any] = {
+        "best_epoch": best.get("epoch"),
+        "best_val_macro_f1": best.get("val_macro_f1"),
+        "best_val_acc": best.get("val_acc"),
+        "best_val_loss": best.get("val_loss"),
+        "epochs_run": len(rows),
+        "stopped_early": len(rows) < cfg.epochs,
+        "seconds": round(sum(t["epoch_seconds"] for t in throughput.epochs), 3),
+        "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
+        "device": runtime["device_name"],
+        "precision": runtime["precision"],
+        "model": f"{spec['backbone']}/{spec.get('head', '')}" if cfg.task == "classifier" else spec["backbone"],
+        "num_classes": spec.get("num_classes"),
+        "train_images": len(dm.datasets["train"]),
+        "resumed": resume,
+    }
+    metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+    metrics_path, history_path = report_dir / "metrics.json", report_dir / "history.csv"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_history(history_path, rows)
+
+    client, run_id = logger.experiment, logger.run_id
+    metrics["mlflow_run_id"] = run_id
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    summary = {f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_") and v is not None}
+    summary.update({"train_images_per_s": metrics["images_per_s"] or 0.0, "train_seconds": metrics["seconds"]})
+    for key, value in summary.items():
+        client.log_metric(run_id, key, value)
+    client.log_artifact(run_id, str(best_path), artifact_path="checkpoints")
+    for path in (metrics_path, history_path):
+        client.log_artifact(run_id, str(path), artifact_path="train")
+    client.log_artifact(run_id, str(out_dir / "model_spec.json"), artifact_path="model")
+    client.set_terminated(run_id, "FINISHED")
+    metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    metrics["fit_seconds"] = round(fit_seconds, 2)
+    print_summary(metrics, {
+        "model": str(out_dir), "checkpoints": str(ckpt_dir), "metrics": str(metrics_path),
+        "history": str(history_path),
+    })
+    return metrics

@@ -1,0 +1,341 @@
+"""The ``train`` stage on real images: outputs, MLflow run, resume after SIGKILL, balancing paths.
+
+Everything trains ``small_cnn`` at a reduced input size on the 300-image real catalogue
+with a few batches per epoch, so the whole file stays within a couple of minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO, params_for
+
+TINY = [
+    "prepare.min_images_per_class=10",
+    "train.backbone=small_cnn",
+    "train.pretrained=none",
+    "train.input_height=48",
+    "train.input_width=36",
+    "train.batch_size=16",
+    "train.limit_batches=3",
+    "train.lr=0.003",
+    "train.num_workers=0",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would point the next test's
+    # params at this test's store; every test starts without it.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, small_catalogue) -> Path:
+    """The prepare stage run once on the real small catalogue; returns its out_dir (read-only)."""
+    from fashionops.prepare import run_prepare
+
+    work = tmp_path_factory.mktemp("train_prepared")
+    run_prepare(params_for(work, small_catalogue, TINY + [f"prepare.report_path={work / 'prepare.json'}"]))
+    return work / "data/prepared"
+
+
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory) -> Path:
+    """One SQLite store for the module (creating a store costs seconds)."""
+    return tmp_path_factory.mktemp("train_mlflow")
+
+
+def train_params(work: Path, prepared: Path, db: Path, extra: list[str] = ()):
+    return params_for(work, None, TINY + [
+        f"prepare.out_dir={prepared}",
+        f"prepare.report_path={work / 'reports/prepare/summary.json'}",
+        f"train.report_dir={work / 'reports/train'}",
+        f"tracking.tracking_uri=sqlite:///{db / 'mlflow.db'}",
+        f"tracking.artifact_location={db / 'artifacts'}",
+        *extra,
+    ])
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepared, mlflow_db):
+    from mlflow.tracking import MlflowClient
+
+    from fashionops.models.factory import load_model
+    from fashionops.preprocess import preprocess_batch
+    from fashionops.train import HISTORY_COLUMNS, run_train
+
+    params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=2"])
+    result = run_train(params)
+
+    out, reports = Path(params.train.out_dir), Path(params.train.report_dir)
+    for name in ("weights.pt", "model_spec.json", "run.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics == {k: v for k, v in result.items() if k in metrics}
+    assert metrics["epochs_run"] == 2
+    for key in ("best_val_macro_f1", "best_val_acc", "best_val_loss", "seconds", "images_per_s"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["best_val_macro_f1"] <= 1.0 and metrics["images_per_s"] > 0
+    assert metrics["device"].startswith("cpu") and metrics["precision"] == "32-true"
+
+    rows = read_history(reports / "history.csv")
+    assert list(rows[0].keys()) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for row in rows:
+        for col in ("train_loss", "val_loss", "val_acc", "val_macro_f1", "lr"):
+            assert math.isfinite(float(row[col])), col
+    best = max(rows, key=lambda r: (float(r["val_macro_f1"]), -int(r["epoch"])))
+    assert int(best["epoch"]) == metrics["best_epoch"]
+    assert float(best["val_macro_f1"]) == pytest.approx(metrics["best_val_macro_f1"])
+
+    # weights.pt is the best checkpoint's network, and it predicts with the shared preprocessing
+    module, spec = load_model(out)
+    ckpt = torch.load(out / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][f"model.{key}"]), key
+    images = np.load(prepared / "images.npy", mmap_mode="r")[:4]
+    with torch.no_grad():
+        logits = module(preprocess_batch(np.asarray(images), spec))
+    assert logits.shape == (4, spec["num_classes"]) and torch.isfinite(logits).all()
+    assert spec["input_height"] == 48 and spec["input_width"] == 36
+
+    # the MLflow run: params, per-epoch metrics, tags, artifacts, recorded in run.json
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["run_id"] == result["mlflow_run_id"]
+    client = MlflowClient(run_info["tracking_uri"])
+    run = client.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED"
+    # artifacts next to the SQLite store (tracking.artifact_location), not in ./mlruns
+    assert Path(urlparse(run.info.artifact_uri).path).is_relative_to(mlflow_db / "artifacts")
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "training must not redirect later stages' tracking"
+    assert run.data.params["train.backbone"] == "small_cnn"
+    assert run.data.params["train.epochs"] == "2"
+    assert set(params.flat()) <= set(run.data.params)
+    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert run.data.metrics["best_val_macro_f1"] == pytest.approx(metrics["best_val_macro_f1"])
+    assert run.data.tags["version.torch"] == torch.__version__ and run.data.tags["device"] == metrics["device"]
+    artifacts = {a.path for d in ("", "model", "checkpoints", "train") for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"model/labels.json", "checkpoints/best.ckpt", "train/metrics.json", "train/history.csv"} <= artifacts
+
+    # resuming with params that change the run is refused with the keys named
+    from fashionops.errors import FashionOpsError
+
+    longer = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=5"])
+    with pytest.raises(FashionOpsError, match=r"train.epochs: 2 -> 5"):
+        run_train(longer, resume=True)
+
+
+def _ckpt_epoch(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, mlflow_db):
+    from fashionops.train import run_train
+
+    extra = ["train.epochs=2", "train.augment.crop_scale=0.2", "train.augment.color_jitter=0.2"]
+
+    # the run to be killed: a separate process, SIGKILLed once epoch 1's last.ckpt exists
+    killed_work = tmp_path / "killed"
+    params = train_params(killed_work, prepared, mlflow_db, extra)
+    cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
+    for item in TINY + extra + [
+        f"prepare.out_dir={prepared}", f"train.out_dir={params.train.out_dir}",
+        f"train.report_dir={params.train.report_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
+        f"tracking.artifact_location={params.tracking.artifact_location}",
+    ]:
+        cmd += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    last = Path(params.train.out_dir) / "checkpoints/last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not last.is_file():
+            if proc.poll() is not None:
+                pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint: {proc.stderr.read()[-2000:]}")
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert _ckpt_epoch(last) == 0, "the run finished before it could be killed; nothing was resumed"
+    assert not (Path(params.train.report_dir) / "metrics.json").exists()
+    run_id = json.loads((Path(params.train.out_dir) / "run.json").read_text())["run_id"]
+
+    resumed = run_train(params, resume=True)
+
+    clean = run_train(train_params(tmp_path / "clean", prepared, mlflow_db, extra))
+
+    assert resumed["mlflow_run_id"] == run_id, "resume must continue the same MLflow run"
+    assert resumed["epochs_run"] == clean["epochs_run"] == 2
+    h_resumed = read_history(Path(params.train.report_dir) / "history.csv")
+    h_clean = read_history(tmp_path / "clean/reports/train/history.csv")
+    for a, b in zip(h_resumed, h_clean, strict=True):
+        for col in ("train_loss", "val_loss", "val_acc", "val_macro_f1", "lr"):
+            assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4, abs=1e-5), (a["epoch"], col)
+    w_resumed = torch.load(Path(params.train.out_dir) / "weights.pt", weights_only=True)
+    w_clean = torch.load(tmp_path / "clean/models/classifier/weights.pt", weights_only=True)
+    assert w_resumed.keys() == w_clean.keys()
+    for key in w_clean:
+        torch.testing.assert_close(w_resumed[key], w_clean[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    from mlflow.tracking import MlflowClient
+
+    from fashionops.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(params))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags.get("resumed") == "true"
+    history = client.get_metric_history(run_id, "val_macro_f1")
+    assert len(history) == 2, "each epoch logged once across the kill and the resume"
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, prepared, mlflow_db):
+    from fashionops.errors import FashionOpsError
+    from fashionops.train import run_train
+
+    with pytest.raises(FashionOpsError, match="no checkpoint"):
+        run_train(train_params(tmp_path, prepared, mlflow_db), resume=True)
+
+
+def test_weighted_sampler_and_weighted_ce_train(tmp_path, prepared, mlflow_db):
+    from fashionops.train import run_train
+
+    params = train_params(tmp_path, prepared, mlflow_db, [
+        "prepare.balance=weighted_sampler", "train.loss=weighted_ce", "train.epochs=1", "train.scheduler=cosine",
+        "train.optimizer=sgd",
+    ])
+    result = run_train(params)
+    assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
+
+
+def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
+    from fashionops.datamodule import EpochRandomSampler, load_prepared, sample_weights
+
+    data = load_prepared(prepared)
+    labels = data.split("train")["label_idx"].to_numpy()
+    # make the split strongly imbalanced: keep every sample of class 0, 3 of each other class
+    keep = np.concatenate([np.flatnonzero(labels == 0)] + [np.flatnonzero(labels == c)[:3] for c in range(1, labels.max() + 1)])
+    sub = labels[keep]
+    sampler = EpochRandomSampler(range(len(sub)), seed=7, weights=sample_weights(sub, labels.max() + 1))
+    draws = []
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    freq = np.bincount(sub[np.array(draws)], minlength=labels.max() + 1) / len(draws)
+    assert np.allclose(freq, 1 / len(freq), atol=0.03), freq  # vs. natural share of class 0 >= 0.4
+    assert np.mean(sub == 0) > 0.4
+
+    sampler.set_epoch(3)
+    first = list(sampler)
+    sampler.set_epoch(4)
+    assert list(sampler) != first
+    sampler.set_epoch(3)
+    assert list(sampler) == first
+
+
+def test_datamodule_batches_are_uint8_and_the_transform_is_preprocess(prepared):
+    from fashionops.config import AugmentConfig
+    from fashionops.datamodule import BatchTransform, FashionDataModule, load_prepared
+    from fashionops.preprocess import preprocess_batch
+
+    data = load_prepared(prepared)
+    spec = {"input_height": 48, "input_width": 36, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    dm = FashionDataModule(data, spec, batch_size=8, augment=AugmentConfig(hflip=True))
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (8, *data.image_hw, 3)
+    assert labels.dtype == torch.int64
+    val = data.split("val")
+    images, labels = next(iter(dm.val_dataloader()))
+    expected = np.asarray(data.images[val["row"].to_numpy()[: len(images)]])
+    assert np.array_equal(images.numpy(), expected)
+    assert labels.tolist() == val["label_idx"].tolist()[: len(labels)]
+
+    plain = preprocess_batch(images, spec)
+    assert torch.equal(dm.transform(images, train=False), plain)
+    torch.manual_seed(0)
+    flipped = BatchTransform(spec, AugmentConfig(hflip=True))(images, train=True)
+    mirror = preprocess_batch(images.flip(2), spec)
+    same = [(torch.equal(flipped[i], plain[i]), torch.equal(flipped[i], mirror[i])) for i in range(len(images))]
+    assert all(a or b for a, b in same) and any(b and not a for a, b in same)
+
+    heavy = BatchTransform(spec, AugmentConfig(hflip=False, crop_scale=0.3, affine_degrees=10, color_jitter=0.3))
+    out = heavy(images, train=True)
+    assert out.shape == plain.shape and torch.isfinite(out).all() and not torch.allclose(out, plain)
+
+
+def test_losses_follow_the_model_loss_kind():
+    from fashionops.config import TrainConfig
+    from fashionops.lit_module import FashionLitModule
+    from fashionops.models.factory import build_model, model_spec
+
+    classes = [f"c{i}" for i in range(4)]
+    torch.manual_seed(0)
+    logits, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 3, 0, 0, 1, 2])
+    weights = [0.5, 1.0, 2.0, 4.0]
+    cfg = TrainConfig(backbone="small_cnn", pretrained="none", label_smoothing=0.1)
+    spec = model_spec(cfg, classes, "articleType", (48, 36))
+    lit = FashionLitModule(build_model(spec), spec, cfg, class_weights=weights, weighted_loss=True)
+    expected = F.cross_entropy(logits, y, weight=torch.tensor(weights), label_smoothing=0.1)
+    assert torch.allclose(lit.compute_loss(logits, None, y), expected)
+    plain = FashionLitModule(build_model(spec), spec, cfg)
+    assert not torch.allclose(plain.compute_loss(logits, None, y), expected)
+
+    svm_cfg = TrainConfig(backbone="small_cnn", pretrained="none", head="svm")
+    svm_spec = model_spec(svm_cfg, classes, "articleType", (48, 36))
+    svm = FashionLitModule(build_model(svm_spec), svm_spec, svm_cfg)
+    assert torch.allclose(svm.compute_loss(logits, None, y), F.multi_margin_loss(logits, y))
+
+    ae_cfg = TrainConfig(task="autoencoder", backbone="conv_autoencoder", pretrained="none", loss="mse")
+    ae_spec = model_spec(ae_cfg, classes, "articleType", (48, 36))
+    ae = FashionLitModule(build_model(ae_spec), ae_spec, ae_cfg)
+    x = torch.randn(2, 3, 48, 36)
+    assert torch.allclose(ae.compute_loss(x * 0.5, x, y[:2]), F.mse_loss(x * 0.5, x))
+    assert ae.monitor == ("val_loss", "min") and lit.monitor == ("val_macro_f1", "max")
+
+
+def test_macro_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from fashionops.lit_module import macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y = rng.integers(0, 7, 200)
+        p = np.where(rng.random(200) < 0.6, y, rng.integers(0, 9, 200))  # some classes only predicted
+        ours = float(macro_f1(torch.tensor(p), torch.tensor(y), 9))
+        assert ours == pytest.approx(f1_score(y, p, average="macro"), abs=1e-6)
+
+
+def test_autoencoder_trains_on_val_loss(tmp_path, prepared, mlflow_db):
+    from fashionops.train import run_train
+
+    params = train_params(tmp_path, prepared, mlflow_db, [
+        "train.task=autoencoder", "train.backbone=conv_autoencoder", "train.loss=mse", "train.epochs=1",
+        "train.scheduler=plateau",
+    ])
+    result = run_train(params)
+    assert math.isfinite(result["best_val_loss"]) and result["best_val_macro_f1"] is None
+    assert (Path(params.train.out_dir) / "weights.pt").is_file()
