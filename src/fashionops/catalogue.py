@@ -17,13 +17,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fashionops.atomic import staged_dir
 from fashionops.config import Params
 from fashionops.errors import DataError
 
@@ -316,11 +316,10 @@ def import_catalogue(params: Params, source: str | Path | None = None, track: bo
     dvc_root = _dvc_root(raw.parent) if track else None
     if track and dvc_root is None:
         raise DataError(f"{raw}: not inside a DVC repository; run `dvc init` first or import with --no-dvc")
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{raw.name}.import-", dir=raw.parent))
     missing: list[int] = []
     converted = 0
-    try:
+    # Built beside raw_dir and swapped in: a failed import leaves the previous raw_dir intact.
+    with staged_dir(raw) as tmp:
         (tmp / "images").mkdir()
         for image_id, file in zip(df["id"].tolist(), df["file"].tolist()):
             srcfile = Path(file)
@@ -330,17 +329,6 @@ def import_catalogue(params: Params, source: str | Path | None = None, track: bo
                 missing.append(int(image_id))
         styles = df[[c for c in COLUMNS]]
         styles.to_csv(tmp / "styles.csv", index=False, na_rep="", quoting=csv.QUOTE_MINIMAL)
-        # Swap: old copy aside, new one in, old one removed (never a half-written raw_dir).
-        old = None
-        if raw.exists():
-            old = raw.with_name(f".{raw.name}.old-{os.getpid()}")
-            os.replace(raw, old)
-        os.replace(tmp, raw)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     dvc_file = None
     if track and dvc_root is not None:
         _run_dvc(["add", str(raw)], cwd=dvc_root)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from fashionops.atomic import write_text
 from fashionops.config import Params
 from fashionops.errors import DataError, FashionOpsError
 
@@ -286,13 +285,6 @@ def score_catalogue(model: _Model, data_dir: str | Path) -> Scored:
 
 
 # --------------------------------------------------------------------------- stage
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path | None,
                   top_misclassified: int = 20) -> dict[str, Any]:
     """Every evaluate output from one scored set; returns the ``test_``-prefixed metrics."""
@@ -306,10 +298,10 @@ def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path |
     metrics["test_n_excluded"] = float(sum(scored.excluded.values()))
     report = per_class_report(y_true, y_pred, classes)
     pairs = misclassified_pairs(y_true, y_pred, classes, top_misclassified)
-    _atomic_text(out / "per_class.csv", report.to_csv(index=False))
-    _atomic_text(out / "per_class.md", report_markdown(report, metrics))
-    _atomic_text(out / "misclassified_pairs.csv", pairs.to_csv(index=False))
-    _atomic_text(out / "predictions.csv", pd.DataFrame(
+    write_text(out / "per_class.csv", report.to_csv(index=False))
+    write_text(out / "per_class.md", report_markdown(report, metrics))
+    write_text(out / "misclassified_pairs.csv", pairs.to_csv(index=False))
+    write_text(out / "predictions.csv", pd.DataFrame(
         {"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(index=False))
     seen = _present_labels(y_true, y_pred)
     plot_confusion_matrix(confusion(y_true, y_pred, len(classes))[np.ix_(seen, seen)],
@@ -317,7 +309,7 @@ def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path |
     plot_per_class_f1(report, out / "per_class_f1.png")
     history = pd.read_csv(history_csv) if history_csv and Path(history_csv).is_file() else None
     plot_training_curves(history, out / "training_curves.png")
-    _atomic_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
     return metrics
 
 

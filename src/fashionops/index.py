@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from fashionops.atomic import atomic_path, staged_dir, write_json
 from fashionops.config import Params
 from fashionops.errors import DataError, FashionOpsError
 
@@ -188,12 +186,6 @@ def exact_knn(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "a
 
 
 # --------------------------------------------------------------------------- Annoy
-def _atomic_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def build_annoy(vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, seed: int = 42,
                 path: str | Path | None = None, n_jobs: int = 1):
     """Build an Annoy index over ``vectors`` (ids 0..n-1), deterministic for a seed with ``n_jobs=1``.
@@ -223,15 +215,9 @@ def save_annoy(index, path: str | Path) -> Path:
     Annoy's ``save`` re-maps the index onto the written file; the mapping survives the rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         if not index.save(str(tmp)):
             raise FashionOpsError(f"could not write the Annoy index to {tmp}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -557,25 +543,13 @@ def write_index_dir(out_dir: str | Path, vectors: np.ndarray, index, items: pd.D
                     meta: dict[str, Any], projection: Projection | None) -> Path:
     """Build + save everything into a temp sibling dir, then swap it in: never a partial index dir."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         save_annoy(index, tmp / INDEX_FILE)
         items[["annoy_idx", *ITEM_COLUMNS]].to_parquet(tmp / ITEMS_FILE, index=False)
         np.save(tmp / EMBEDDINGS_FILE, vectors.astype(np.float32))
         if projection is not None:
             projection.save(tmp / PROJECTION_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -771,15 +745,11 @@ def run_index(params: Params) -> dict[str, Any]:
                                  report_dir / "retrieval.png")
     metrics["total_s"] = time.perf_counter() - t_start
     metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
-    _write_json(report_dir / "metrics.json", metrics)
+    write_json(report_dir / "metrics.json", metrics, default=_json_default)
     _log_to_mlflow(params, metrics, [picture, report_dir / "metrics.json", out_dir / META_FILE])
     return {"index_dir": str(out_dir), "metrics": metrics}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
 
 
 def _log_to_mlflow(params: Params, metrics: dict[str, Any], files: list[Path]) -> None:

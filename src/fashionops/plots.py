@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -15,20 +13,17 @@ import matplotlib
 matplotlib.use("Agg")  # headless: stages run under DVC/Prefect without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fashionops.atomic import atomic_path
+
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 100) -> Path:
     """Save ``fig`` as PNG via a temp file + rename so a crash never leaves a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

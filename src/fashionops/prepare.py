@@ -9,10 +9,8 @@ plus ``prepare.report_path`` (summary.json: counts, dropped classes, duplicate g
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
-import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fashionops.atomic import staged_dir, write_json
 from fashionops.catalogue import load_catalogue
 from fashionops.config import ConfigError, Params
 from fashionops.errors import DataError
@@ -212,21 +211,6 @@ def _report_path(params: Params) -> Path:
     return Path(params.prepare.report_path)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _publish(tmp_dir: Path, out_dir: Path) -> None:
-    """Swap the finished temp directory into place (old output removed only afterwards)."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp_dir, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def run_prepare(params: Params) -> dict[str, Any]:
@@ -257,12 +241,7 @@ def run_prepare(params: Params) -> dict[str, Any]:
     height, width = cfg.image_height, cfg.image_width
 
     out_dir = Path(cfg.out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir()
-    try:
+    with staged_dir(out_dir) as tmp_dir:  # no half-written cache, ever
         npy = tmp_dir / "images.npy"
         cache = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(n, height, width, 3))
         del cache  # workers open it themselves
@@ -293,12 +272,8 @@ def run_prepare(params: Params) -> dict[str, Any]:
 
         weights = class_weights(index.loc[index["split"] == "train", "label_idx"], len(classes))
         index.to_parquet(tmp_dir / "index.parquet", index=False)
-        _write_json(tmp_dir / "labels.json", {"column": column, "classes": classes})
-        _write_json(tmp_dir / "class_weights.json", {"weights": weights})
-        _publish(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        write_json(tmp_dir / "labels.json", {"column": column, "classes": classes})
+        write_json(tmp_dir / "class_weights.json", {"weights": weights})
 
     seconds = time.perf_counter() - started
     groups = frame.groupby("sha256")["label"].agg(["size", "nunique"])
@@ -333,7 +308,7 @@ def run_prepare(params: Params) -> dict[str, Any]:
         "workers": cfg.workers,
         "out_dir": str(out_dir),
     }
-    _write_json(_report_path(params), summary)
+    write_json(_report_path(params), summary)
     return summary
 
 

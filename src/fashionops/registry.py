@@ -21,11 +21,11 @@ import getpass
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from fashionops.atomic import staged_dir, write_json
 from fashionops import tracking
 from fashionops.config import Params
 from fashionops.errors import FashionOpsError
@@ -86,22 +86,6 @@ def _step(hook: StepHook, name: str) -> None:
     if hook is not None:
         hook(name)
 
-
-def _write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON so that readers see the old file or the new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def higher_is_better(metric: str) -> bool:
@@ -372,7 +356,7 @@ def run_register(params: Params, on_step: StepHook = None) -> dict[str, Any]:
         "aliases": alias_state(params),
         "metrics": metrics,
     }
-    _write_json_atomic(reg.out_path, result)
+    write_json(reg.out_path, result)
     return result
 
 
@@ -524,9 +508,7 @@ def pull(params: Params, alias: str, dest: str | Path) -> dict[str, Any]:
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
         raise RegistryError(f"{dest} exists and is not empty (and not an earlier pull)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.pull."))
-    try:
+    with staged_dir(dest) as staging:
         for role, sub in (("classifier", "classifier"), ("index", "visual_search")):
             e = entries[role]
             mlflow.artifacts.download_artifacts(f"models:/{e['name']}/{e['version']}", dst_path=str(staging / sub))
@@ -536,12 +518,6 @@ def pull(params: Params, alias: str, dest: str | Path) -> dict[str, Any]:
         manifest = {"alias": alias, "tracking_uri": tracking.tracking_uri(params), "pulled_at": _now(),
                     **entries, "files": files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

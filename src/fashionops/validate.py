@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -59,6 +58,7 @@ from typing import Any
 
 import pandas as pd
 
+from fashionops.atomic import atomic_path, write_json
 from fashionops.catalogue import load_catalogue
 from fashionops.config import Params
 from fashionops.errors import DataError, ValidationFailed
@@ -513,7 +513,7 @@ def run_validate(params: Params, data_dir: str | Path | None = None) -> dict[str
         "failed_warning": [n for n, e in expectations.items() if not e["success"] and e["severity"] != "critical"],
         "examples": {n: e["examples"] for n, e in expectations.items() if not e["success"]},
     }
-    _write_json(report_dir / "summary.json", summary)
+    write_json(report_dir / "summary.json", summary)
     summary.update(data_dir=str(root), data_docs=str(docs_dir / "index.html"),
                    facts_path=str(facts_path) if not critical else None)
     if critical:
@@ -522,10 +522,8 @@ def run_validate(params: Params, data_dir: str | Path | None = None) -> dict[str
             f"{len(critical)} critical expectation(s) failed for {root} (summary: {report_dir / 'summary.json'}):\n  "
             + "\n  ".join(critical)
         )
-    facts_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_facts = facts_path.with_name(f".{facts_path.name}.tmp-{os.getpid()}")
-    facts.to_parquet(tmp_facts, index=False)
-    os.replace(tmp_facts, facts_path)
+    with atomic_path(facts_path) as tmp_facts:
+        facts.to_parquet(tmp_facts, index=False)
     for line in warnings_:
         print(f"warning: {line}", file=sys.stderr)
     return {k: summary[k] for k in (
@@ -533,10 +531,6 @@ def run_validate(params: Params, data_dir: str | Path | None = None) -> dict[str
         "seconds", "data_docs", "facts_path")} | {"warning_messages": warnings_}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

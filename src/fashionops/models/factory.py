@@ -26,14 +26,13 @@ pooling of ViT patch tokens or map positions) -> pooling -> head (``linear | mlp
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fashionops.atomic import atomic_path, write_text
 from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
 from fashionops.models.attention import CBAM, SpatialAttentionPool
@@ -204,15 +203,6 @@ def build_model(spec: dict, pretrained: str | None = None) -> nn.Module:
     return _build(spec, str(source))
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_model(out_dir: str | Path, module: nn.Module, spec: dict) -> None:
@@ -221,8 +211,9 @@ def save_model(out_dir: str | Path, module: nn.Module, spec: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     text = json.dumps(spec, indent=2, sort_keys=True)
-    _atomic_write(out / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
-    _atomic_write(out / SPEC_FILE, lambda tmp: Path(tmp).write_text(text))
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        torch.save(state, tmp)
+    write_text(out / SPEC_FILE, text)
 
 
 def read_spec(model_dir: str | Path) -> dict:
