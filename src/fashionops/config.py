@@ -112,6 +112,9 @@ class TrainConfig(Section):
     input_height: int | None = None  # None: the cache's size
     input_width: int | None = None
     normalization: Literal["imagenet", "backbone", "none"] = "imagenet"
+    # Freeze the first N parameter groups of a timm backbone (stem, then stages): their ImageNet
+    # filters are generic, and skipping their gradients makes CPU training ~1.3x faster.
+    freeze_groups: int = Field(default=0, ge=0)
     loss: Literal["ce", "weighted_ce", "mse"] = "ce"
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"

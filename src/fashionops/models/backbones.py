@@ -244,3 +244,29 @@ class Backbone(nn.Module):
         if feats.ndim == 3:
             return feats[:, 0] if self.num_prefix_tokens else feats.mean(dim=1)
         return feats
+
+
+def freeze_leading_groups(model: nn.Module, n_groups: int) -> int:
+    """Freeze the first ``n_groups`` parameter groups (stem, then stages, in timm's coarse
+    ``group_matcher`` order) of the timm backbone inside ``model``; returns the tensors frozen.
+
+    Frozen layers still run forward (and batch-norm statistics still adapt), but no gradient
+    flows into them, which skips the most expensive high-resolution part of the backward pass.
+    """
+    from timm.models import group_parameters
+
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    if not backbones or not backbones[0].is_timm:
+        raise FashionOpsError("train.freeze_groups needs a timm backbone (built-in backbones have no groups)")
+    net = backbones[0].model
+    groups = group_parameters(net, net.group_matcher(coarse=True))
+    order = sorted(groups)
+    if n_groups >= len(order):
+        raise FashionOpsError(f"train.freeze_groups={n_groups}: {backbones[0].name} has only {len(order)} groups")
+    names = {name for gid in order[:n_groups] for name in groups[gid]}
+    frozen = 0
+    for name, param in net.named_parameters():
+        if name in names:
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
