@@ -695,8 +695,11 @@ def run_index(params: Params) -> dict[str, Any]:
     index_vectors = projection.apply(vectors) if projection is not None else vectors
 
     t0 = time.perf_counter()
+    # Tune a little above the target: the tuning queries are a sample, and held-out queries
+    # should still reach recall_target (measured: tuned 0.9504 -> held-out 0.9467 with no margin).
+    tune_target = min(1.0, cfg.recall_target + cfg.recall_margin)
     index, tuned = tune_index(index_vectors, cfg.metric, cfg.n_trees, cfg.max_trees, cfg.recall_k,
-                          cfg.recall_target, cfg.tune_queries, cfg.seed, cfg.search_k)
+                              tune_target, cfg.tune_queries, cfg.seed, cfg.search_k)
     tune_s = time.perf_counter() - t0
     meta = {
         "dim": int(vectors.shape[1]), "index_dim": int(index_vectors.shape[1]), "metric": cfg.metric,

@@ -436,7 +436,8 @@ def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
     model = build_model(spec, pretrained="none" if resume else None)
     if cfg.freeze_groups:
         frozen = freeze_leading_groups(model, cfg.freeze_groups)
-        print(f"train.freeze_groups={cfg.freeze_groups}: {frozen} backbone tensors frozen")
+        print(f"train.freeze_groups={cfg.freeze_groups}: {frozen} backbone tensors frozen"
+              + ("" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)"))
     if runtime["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     weighted = cfg.loss == "weighted_ce" or params.prepare.balance == "class_weights"

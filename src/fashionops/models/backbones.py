@@ -248,7 +248,8 @@ class Backbone(nn.Module):
 
 def freeze_leading_groups(model: nn.Module, n_groups: int) -> int:
     """Freeze the first ``n_groups`` parameter groups (stem, then stages, in timm's coarse
-    ``group_matcher`` order) of the timm backbone inside ``model``; returns the tensors frozen.
+    ``group_matcher`` order) of the timm backbone inside ``model``; returns the tensors frozen
+    (0 for built-in backbones and autoencoders, which have no pretrained groups to keep).
 
     Frozen layers still run forward (and batch-norm statistics still adapt), but no gradient
     flows into them, which skips the most expensive high-resolution part of the backward pass.
@@ -257,7 +258,9 @@ def freeze_leading_groups(model: nn.Module, n_groups: int) -> int:
 
     backbones = [m for m in model.modules() if isinstance(m, Backbone)]
     if not backbones or not backbones[0].is_timm:
-        raise FashionOpsError("train.freeze_groups needs a timm backbone (built-in backbones have no groups)")
+        # Built-in backbones (small_cnn, alexnet*) and autoencoders are small and train from
+        # scratch: there is nothing pretrained to keep, so the setting does not apply.
+        return 0
     net = backbones[0].model
     groups = group_parameters(net, net.group_matcher(coarse=True))
     order = sorted(groups)
