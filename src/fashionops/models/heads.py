@@ -46,22 +46,14 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
-class SVMHead(nn.Module):
-    """Linear SVM head: a linear layer trained with the multi-class hinge loss (``loss_kind="hinge"``).
+class SVMHead(LinearHead):
+    """Linear SVM head: the linear layer trained with the multi-class hinge loss (``loss_kind="hinge"``).
 
     Outputs are class scores (margins), not calibrated logits; softmax of them is still a usable
     ranking for top-k. Weight decay in the optimiser plays the role of the SVM's L2 penalty.
     """
 
     loss_kind = "hinge"
-
-    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(x))
 
 
 def build_head(kind: str, in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Module:
