@@ -169,6 +169,16 @@ class IndexConfig(Section):
     # SVD projection to this many dimensions before Annoy (fitted on the catalogue, applied to
     # queries); None: index the embeddings as they are. Chosen by measurement (benchmarks/bench_index.py).
     dim: int | None = Field(default=256, ge=2)
+    # Embed each image together with its mirror image (catalogue and queries alike).
+    flip_tta: bool = True
+    # Category-aware re-ranking of the rerank_candidates nearest items: similarity + rerank_weight
+    # x P(query is of the item's category), P = the classifier's probabilities blended with the
+    # neighbours' label vote (rerank_knn_weight). Weights chosen on the validation split.
+    rerank: Literal["none", "category"] = "category"
+    rerank_candidates: int = Field(default=50, ge=1)
+    rerank_weight: float = Field(default=1.0, ge=0)
+    rerank_knn_weight: float = Field(default=0.5, ge=0, le=1)
+    rerank_knn_neighbours: int = Field(default=20, ge=1)
     refresh_cron: str | None = None  # schedule of the index-refresh deployment (`make ui`)
 
 

@@ -196,11 +196,9 @@ class VisualSearchModel(PythonModel):
         self.searcher = IndexSearcher.load(context.artifacts[INDEX_ARTIFACT])
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
-        from fashionops.index import embed_arrays
-
         k = _int_param(params, "k", 5, 1000)
         images = _resized(decode_images(model_input), self.spec)
-        hits = self.searcher.search(embed_arrays(self.module, self.spec, images), k)
+        hits = self.searcher.search_images(self.module, self.spec, images, k)
         cols = {"ids": "id", "names": "productDisplayName", "article_types": "articleType",
                 "master_categories": "masterCategory", "sub_categories": "subCategory",
                 "distances": "distance"}

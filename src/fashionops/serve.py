@@ -136,17 +136,11 @@ class ModelBundle:
         top = [{"label": classes[i], "probability": float(probs[i])} for i in order]
         return {"label": top[0]["label"], "probability": top[0]["probability"], "top": top}
 
-    def embed(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (D,) embedding as the index stores it."""
-        from fashionops.index import embed_arrays
-
-        with self.slots:
-            emb = embed_arrays(self.embedder, self.embedder_spec, self.fit(image, self.embedder_spec)[None])
-        return np.asarray(emb, dtype=np.float32).reshape(-1)
-
     def search_image(self, image: np.ndarray, k: int) -> list[dict[str, Any]]:
-        """Top-k catalogue items most similar to an image."""
-        return self._rows(self.searcher.search(self.embed(image)[None], k)[0])
+        """Top-k catalogue items most similar to an image (encoded as the index's items were)."""
+        with self.slots:
+            enc = self.searcher.encode(self.embedder, self.embedder_spec, self.fit(image, self.embedder_spec)[None])
+        return self._rows(self.searcher.search(enc.embeddings, k, enc.class_probs)[0])
 
     def search_item(self, item_id: int, k: int) -> list[dict[str, Any]]:
         """Top-k items most similar to a catalogue item, the item itself left out."""
@@ -298,20 +292,26 @@ def _compile(module: Any, spec: dict[str, Any], methods: list[str]) -> Any:
 
     h = int(spec.get("input_height") or 80)
     w = int(spec.get("input_width") or 60)
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    # traced on a pair (a query and its mirror image go through together) and checked on 1 and 2
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace_module(module, {m: x for m in methods}, check_trace=False)
             frozen = torch.jit.freeze(traced.eval(), preserved_attrs=[m for m in methods if m != "forward"])
             for m in methods:
-                want, got = getattr(module, m)(x), getattr(frozen, m)(x)
-                if want.shape != got.shape or not torch.allclose(want, got, atol=1e-4, rtol=1e-3):
-                    raise ValueError(f"traced {m} differs from eager by {(want - got).abs().max().item():.2e}")
+                for probe in (x[:1], x):
+                    for want, got in zip(_as_tuple(getattr(module, m)(probe)), _as_tuple(getattr(frozen, m)(probe))):
+                        if want.shape != got.shape or not torch.allclose(want, got, atol=1e-4, rtol=1e-3):
+                            raise ValueError(f"traced {m} differs from eager on a batch of {len(probe)}")
     except Exception as exc:
         log.warning("TorchScript trace failed (%s); serving the eager module", exc)
         return module
     return frozen
+
+
+def _as_tuple(out: Any) -> tuple[Any, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -366,11 +366,14 @@ def load_bundle_from_dirs(
     searcher = IndexSearcher.load(index_dir)
     _check_pair(embedder, embedder_spec, searcher, index_dir)
     if jit:
+        # what the index's query encoding calls (IndexSearcher.encode)
+        embed_methods = ["embed_with_logits" if searcher.rerank and hasattr(embedder, "embed_with_logits")
+                         else "embed"]
         if embedder is module:
-            module = embedder = _compile(module, spec, ["forward", "embed"])
+            module = embedder = _compile(module, spec, ["forward", *embed_methods])
         else:
             module = _compile(module, spec, ["forward"])
-            embedder = _compile(embedder, embedder_spec, ["embed"])
+            embedder = _compile(embedder, embedder_spec, embed_methods)
     return ModelBundle(
         module=module, spec=dict(spec), searcher=searcher, embedder=embedder,
         embedder_spec=dict(embedder_spec), images_dir=Path(images_dir),

@@ -100,6 +100,11 @@ class FashionClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
 
+    def embed_with_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features and class logits from one pass (visual search re-ranks with both)."""
+        feats = self.embed(x)
+        return feats, self.head(feats)
+
 
 def _normalization(train: TrainConfig) -> tuple[list[float], list[float]]:
     if train.normalization == "none":
