@@ -447,9 +447,9 @@ def encode_arrays(module, spec: dict[str, Any], images: Sequence[np.ndarray] | n
 
 
 def embed_arrays(module, spec: dict[str, Any], images: Sequence[np.ndarray] | np.ndarray,
-                 batch_size: int = 256, device: Any = None, flip_tta: bool = False) -> np.ndarray:
+                 batch_size: int = 256, device: Any = None) -> np.ndarray:
     """Embed HxWx3 uint8 images -> (N, D) float32, L2-normalised (see :func:`encode_arrays`)."""
-    return encode_arrays(module, spec, images, batch_size, device, flip_tta).embeddings
+    return encode_arrays(module, spec, images, batch_size, device).embeddings
 
 
 def _input_size(spec: dict[str, Any]) -> tuple[int, int]:

@@ -310,6 +310,22 @@ def _compile(module: Any, spec: dict[str, Any], methods: list[str]) -> Any:
     return frozen
 
 
+_IMAGE_FIELD = {"type": "string", "format": "binary"}
+
+
+def _object_schema(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """``{"schema": ...}`` of an OpenAPI object with ``properties`` (for ``openapi_extra`` bodies)."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return {"schema": schema}
+
+
+def _request_body(content: dict[str, Any]) -> dict[str, Any]:
+    """A required OpenAPI request body with one schema per media type."""
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def _as_tuple(out: Any) -> tuple[Any, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -759,47 +775,18 @@ def create_app(params: Params, bundle: ModelBundle | None = None,
         except DataError as exc:
             raise bad_request(exc) from None
 
-    upload_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "file": {"type": "string", "format": "binary", "description": "image file"},
-                            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                        },
-                        "required": ["file"],
-                    }
-                }
-            },
-        }
-    }
-    search_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "file": {"type": "string", "format": "binary", "description": "query image"},
-                            "item_id": {"type": "integer", "description": "or a catalogue item id"},
-                            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                        },
-                    }
-                },
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"item_id": {"type": "integer"}, "k": {"type": "integer"}},
-                        "required": ["item_id"],
-                    }
-                },
-            },
-        }
-    }
+    k_field = {"type": "integer", "minimum": 1, "maximum": MAX_K}
+    upload_body = _request_body({"multipart/form-data": _object_schema(
+        {"file": _IMAGE_FIELD | {"description": "image file"}, "k": k_field}, required=["file"])})
+    search_body = _request_body({
+        "multipart/form-data": _object_schema({
+            "file": _IMAGE_FIELD | {"description": "query image"},
+            "item_id": {"type": "integer", "description": "or a catalogue item id"},
+            "k": k_field,
+        }),
+        "application/json": _object_schema({"item_id": {"type": "integer"}, "k": {"type": "integer"}},
+                                           required=["item_id"]),
+    })
 
     @app.post("/classify", summary="Classify an uploaded product photo", openapi_extra=upload_body)
     async def classify(request: Request) -> dict[str, Any]:

@@ -106,6 +106,15 @@ class CDP:
         path.write_bytes(base64.b64decode(data))
         return path
 
+    def upload(self, url: str, path: Path) -> None:
+        """Open the app at ``url`` and choose ``path`` in its file input (as a user picking a file)."""
+        self.open_page()
+        self.call("Page.navigate", url=f"{url}/")
+        self.wait_for("document.readyState === 'complete' && !!document.getElementById('file-input')")
+        doc = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=doc, selector="#file-input")["nodeId"]
+        self.call("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
+
     def click(self, selector: str) -> None:
         """A real mouse click in the middle of the element (not element.click())."""
         box = self.eval(
@@ -222,12 +231,7 @@ def test_upload_a_photo_shows_prediction_and_similar_items(live, browser, shots)
     with photo.open("rb") as fh:
         pred = httpx.post(f"{url}/classify", files={"file": (photo.name, fh.read(), "image/jpeg")}, timeout=30).json()
 
-    browser.open_page()
-    browser.call("Page.navigate", url=f"{url}/")
-    browser.wait_for("document.readyState === 'complete' && !!document.getElementById('file-input')")
-    doc = browser.call("DOM.getDocument")["root"]["nodeId"]
-    node = browser.call("DOM.querySelector", nodeId=doc, selector="#file-input")["nodeId"]
-    browser.call("DOM.setFileInputFiles", nodeId=node, files=[str(photo)])
+    browser.upload(url, photo)
 
     browser.wait_for("!document.getElementById('prediction').hidden")
     n = browser.wait_for(CARDS_LOADED)
@@ -249,12 +253,7 @@ def test_bad_upload_shows_error_and_page_recovers(live, browser, tmp_path):
     url, params = live
     bad = tmp_path / "not_an_image.jpg"
     bad.write_bytes(b"definitely not a jpeg")
-    browser.open_page()
-    browser.call("Page.navigate", url=f"{url}/")
-    browser.wait_for("document.readyState === 'complete'")
-    doc = browser.call("DOM.getDocument")["root"]["nodeId"]
-    node = browser.call("DOM.querySelector", nodeId=doc, selector="#file-input")["nodeId"]
-    browser.call("DOM.setFileInputFiles", nodeId=node, files=[str(bad)])
+    browser.upload(url, bad)
     status = browser.wait_for("document.getElementById('status').classList.contains('error') "
                               "&& document.getElementById('status').textContent")
     assert "not an image" in status
