@@ -35,6 +35,15 @@ test: setup ## run the test suite (CPU; real data from ../shared; installs Debia
 	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
+lint: setup ## ruff (lint + format check) and mypy over src/ and flows/
+	$(BIN)/ruff check src flows
+	$(BIN)/ruff format --check src flows
+	$(BIN)/mypy
+
+format: setup ## apply ruff's formatter and safe fixes
+	$(BIN)/ruff check --fix src flows
+	$(BIN)/ruff format src flows
+
 test-fast: setup ## tests without the slow ones
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -55,4 +64,4 @@ deploy-smoke: setup ## load both @champion models in a fresh process and predict
 clean: ## remove caches (not data, models or the MLflow store)
 	rm -rf .pytest_cache **/__pycache__
 
-.PHONY: help setup data run repro test test-fast bench mlflow-ui ui deploy-smoke clean
+.PHONY: help setup data run repro lint format test test-fast bench mlflow-ui ui deploy-smoke clean

@@ -6,9 +6,9 @@ Two data sets:
   untrained-head default model (ImageNet EfficientNet-Lite0 features; real image embeddings, not
   the fine-tuned ones) and says so in the results; otherwise that part is skipped.
 * ``--n`` synthetic vectors of the same dimension (default 1,000,000), from one or both generators
-  (``--generators``): ``densified`` (``fashionops.index.densified_vectors``: drawn around the real
+  (``--generators``): ``densified`` (``fashionops.search.index.densified_vectors``: drawn around the real
   embeddings, calibrated to be exactly as hard for Annoy as them at the catalogue's size; needs the
-  real embeddings) and ``clustered`` (``fashionops.index.clustered_vectors``: Zipf-sized isotropic
+  real embeddings) and ``clustered`` (``fashionops.search.index.clustered_vectors``: Zipf-sized isotropic
   Gaussian clusters on a 64-d latent manifold lifted to D dims; 8x harder than the real embeddings
   at the catalogue's size, the pessimistic case).
 
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from fashionops.config import IndexConfig  # noqa: E402
-from fashionops.index import (annoy_knn, clustered_vectors, densified_vectors, exact_knn,  # noqa: E402
+from fashionops.search.index import (annoy_knn, clustered_vectors, densified_vectors, exact_knn,  # noqa: E402
                               fit_projection, l2_normalise, recall_at_k, save_annoy, tune_index)
 
 
@@ -154,7 +154,7 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, index_dim: int | 
 
 def real_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, str] | None:
     """Catalogue embeddings from the trained model, or the pretrained proxy, or None."""
-    from fashionops.index import catalogue_items, embed_catalogue
+    from fashionops.search.index import catalogue_items, embed_catalogue
 
     cache = Path(args.embeddings_cache) if args.embeddings_cache else None
     if cache is not None and cache.is_file():
@@ -244,12 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"generating {args.n} densified {anchors.shape[1]}-d vectors", flush=True)
             allv = densified_vectors(anchors, total, seed=1)
-            described = "fashionops.index.densified_vectors(real catalogue embeddings, neighbours=10, noise=1.5)"
+            described = "fashionops.search.index.densified_vectors(real catalogue embeddings, neighbours=10, noise=1.5)"
             key = f"densified_{args.n}_{suffix}"
         elif generator == "clustered":
             print(f"generating {args.n} clustered {dim}-d vectors", flush=True)
             allv = clustered_vectors(total, dim, n_clusters=1000, seed=1)
-            described = "fashionops.index.clustered_vectors(n_clusters=1000, latent_dim=64, spread=0.35, noise=0.02)"
+            described = "fashionops.search.index.clustered_vectors(n_clusters=1000, latent_dim=64, spread=0.35, noise=0.02)"
             key = f"synthetic_{args.n}_{suffix}"
         else:
             ap.error(f"unknown generator {generator!r} (densified, clustered)")

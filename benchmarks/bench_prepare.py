@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO / "src"))
     from fashionops.config import load_params
-    from fashionops.prepare import run_prepare
+    from fashionops.data.prepare import run_prepare
 
     files = sorted(str(p) for p in (Path(args.data) / "images").glob("*.jpg"))
     baselines: list[tuple[float, float]] = []

@@ -58,7 +58,7 @@ def build_proxy(work: Path, catalogue: Path, n_items: int, seed: int = 0) -> tup
     import pandas as pd
 
     from fashionops.config import load_params
-    from fashionops.index import run_index
+    from fashionops.search.index import run_index
     from fashionops.models.factory import build_model, model_spec, save_model
 
     raw = work / "raw"

@@ -49,11 +49,11 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from fashionops.config import AugmentConfig, TrainConfig  # noqa: E402
-from fashionops.datamodule import FashionDataModule, load_prepared  # noqa: E402
-from fashionops.lit_module import FashionLitModule  # noqa: E402
+from fashionops.training.datamodule import FashionDataModule, load_prepared  # noqa: E402
+from fashionops.training.lit_module import FashionLitModule  # noqa: E402
 from fashionops.models.factory import build_model, model_spec  # noqa: E402
-from fashionops.preprocess import preprocess_batch  # noqa: E402
-from fashionops.train import EpochSeed, resolve_runtime, set_cpu_threads  # noqa: E402
+from fashionops.inference.preprocess import preprocess_batch  # noqa: E402
+from fashionops.training.stage import EpochSeed, resolve_runtime, set_cpu_threads  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r".*(validation_step|does not have many workers|litlogger).*")
 DEFAULT_CATALOGUE = REPO.parent / "shared" / "data" / "fashion-product-images-small"

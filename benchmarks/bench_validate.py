@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     start_all = time.perf_counter()
     from fashionops.config import load_params
     from fashionops.errors import ValidationFailed
-    from fashionops.validate import run_validate
+    from fashionops.data.validate import run_validate
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as tmp:

@@ -1,9 +1,9 @@
 """Prefect flow ``index-refresh``: rebuild the visual-search index for a changed catalogue with the
 @champion classifier as embedder, without retraining, and register it paired with that same
-classifier version (``fashionops.registry.register_index_for``).
+classifier version (``fashionops.registry.register.register_index_for``).
 
 Steps: (import a new catalogue) -> validate it (DVC stage) -> fetch @champion -> build the index
--> register it. Logic in :mod:`fashionops.pipeline`; this file wires it into Prefect.
+-> register it. Logic in :mod:`fashionops.orchestration.pipeline`; this file wires it into Prefect.
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ from prefect.artifacts import create_link_artifact, create_table_artifact  # noq
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
-from fashionops import pipeline  # noqa: E402
+from fashionops.orchestration import pipeline  # noqa: E402
 from training_pipeline import (  # noqa: E402
-    RETRY_BACKOFF_S, STAGE_RETRIES, _log_lines, import_task, publish_validation, retry_on_transient, stage_task,
+    RETRY_BACKOFF_S,
+    STAGE_RETRIES,
+    _log_lines,
+    import_task,
+    publish_validation,
+    retry_on_transient,
+    stage_task,
 )
 
 RETRIES = dict(retries=STAGE_RETRIES, retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S),

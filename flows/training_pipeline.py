@@ -3,7 +3,7 @@ index -> register), one task per stage, each run through ``dvc repro --single-it
 what is up to date. Run it with ``python flows/training_pipeline.py`` (``make run``) on an ephemeral
 Prefect API, or deploy it with ``prefect.yaml``.
 
-The logic lives in :mod:`fashionops.pipeline`; this file only wires it into Prefect: logs, retries,
+The logic lives in :mod:`fashionops.orchestration.pipeline`; this file only wires it into Prefect: logs, retries,
 artifacts and the flow's summary.
 """
 
@@ -26,7 +26,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
-from fashionops import pipeline  # noqa: E402
+from fashionops.orchestration import pipeline  # noqa: E402
 
 STAGE_RETRIES = 2
 RETRY_BACKOFF_S = 10.0

@@ -107,10 +107,10 @@ def tiny_pipeline(tmp_path_factory, small_catalogue):
 
     Read-only for tests: copy the outputs if a test must change them.
     """
-    from fashionops.evaluate import run_evaluate
-    from fashionops.index import run_index
-    from fashionops.prepare import run_prepare
-    from fashionops.train import run_train
+    from fashionops.evaluation.stage import run_evaluate
+    from fashionops.search.index import run_index
+    from fashionops.data.prepare import run_prepare
+    from fashionops.training.stage import run_train
 
     work = tmp_path_factory.mktemp("tiny_pipeline")
     params = params_for(work, small_catalogue, TINY_TRAIN)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fashionops.config import Params, dump_params, list_presets, load_params
 from fashionops.errors import FashionOpsError
@@ -20,73 +21,73 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_import(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.catalogue import import_catalogue
+    from fashionops.data.catalogue import import_catalogue
 
     return import_catalogue(p, source=a.source, track=not a.no_dvc)
 
 
 def cmd_validate(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.validate import run_validate
+    from fashionops.data.validate import run_validate
 
     return run_validate(p, data_dir=a.data)
 
 
 def cmd_prepare(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.prepare import run_prepare
+    from fashionops.data.prepare import run_prepare
 
     return run_prepare(p)
 
 
 def cmd_train(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.train import run_train
+    from fashionops.training.stage import run_train
 
     return run_train(p, resume=a.resume)
 
 
 def cmd_evaluate(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.evaluate import run_evaluate
+    from fashionops.evaluation.stage import run_evaluate
 
     return run_evaluate(p, model_uri=a.model_uri, data_dir=a.data)
 
 
 def cmd_index(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.index import run_index
+    from fashionops.search.index import run_index
 
     return run_index(p)
 
 
 def cmd_search(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.index import search_images
+    from fashionops.search.index import search_images
 
     return search_images(p, a.images, k=a.k, index_dir=a.index_dir)
 
 
 def cmd_register(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry import run_register
+    from fashionops.registry.register import run_register
 
     return run_register(p)
 
 
 def cmd_promote(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry import promote
+    from fashionops.registry.register import promote
 
     return promote(p, version=a.version, reason=a.reason)
 
 
 def cmd_rollback(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry import rollback
+    from fashionops.registry.register import rollback
 
     return rollback(p, reason=a.reason)
 
 
 def cmd_pull(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry import pull
+    from fashionops.registry.register import pull
 
     return pull(p, alias=a.alias, dest=a.dest)
 
 
 def cmd_predict(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.predict import predict_images
+    from fashionops.inference.predict import predict_images
 
     for line in predict_images(p, a.images, model_uri=a.model_uri, k=a.k):
         print(json.dumps(line, default=str))
@@ -94,7 +95,7 @@ def cmd_predict(p: Params, a: argparse.Namespace) -> Any:
 
 
 def cmd_serve(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.serve import run_serve
+    from fashionops.serving.app import run_serve
 
     return run_serve(p, host=a.host, port=a.port)
 

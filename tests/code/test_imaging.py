@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fashionops.errors import DataError
-from fashionops.imaging import decode_file, file_sha256, load_rgb, resize_rgb
+from fashionops.data.imaging import decode_file, file_sha256, load_rgb, resize_rgb
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_decode_file_matches_load_rgb_and_manifest_hash(shared_catalogue, manife
 
 
 def test_fast_jpeg_path_gives_the_full_pil_pixels(shared_catalogue, manifest, rgb_file):
-    from fashionops.imaging import _decode_jpeg_fast, _jpeg_header
+    from fashionops.data.imaging import _decode_jpeg_fast, _jpeg_header
 
     assert _jpeg_header(rgb_file.read_bytes()) == (60, 80, "RGB")  # the truncation tests use the fast path
     picks = pd.concat([

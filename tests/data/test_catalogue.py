@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import params_for
-from fashionops.catalogue import (
+from fashionops.data.catalogue import (
     COLUMNS,
     import_catalogue,
     load_catalogue,

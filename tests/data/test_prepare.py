@@ -14,8 +14,8 @@ import pytest
 from conftest import params_for
 from fashionops.config import ConfigError
 from fashionops.errors import DataError
-from fashionops.imaging import load_rgb, resize_rgb
-from fashionops.prepare import run_prepare, select_classes, split_groups
+from fashionops.data.imaging import load_rgb, resize_rgb
+from fashionops.data.prepare import run_prepare, select_classes, split_groups
 
 BASE = ["prepare.min_images_per_class=10", "prepare.workers=1"]
 

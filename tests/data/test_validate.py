@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, params_for
 from fashionops.cli import main
 from fashionops.errors import DataError, ValidationFailed
-from fashionops.validate import DEFAULT_SEVERITY, run_validate
+from fashionops.data.validate import DEFAULT_SEVERITY, run_validate
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +194,8 @@ def test_unknown_severity_name_is_an_error(tmp_path, catalogue):
 
 
 def test_facts_with_worker_processes_match_in_process(shared_catalogue):
-    from fashionops.catalogue import load_catalogue
-    from fashionops.validate import gather_facts
+    from fashionops.data.catalogue import load_catalogue
+    from fashionops.data.validate import gather_facts
 
     sample = load_catalogue(shared_catalogue).iloc[:150]
     parallel = gather_facts(sample, workers=2)
@@ -215,13 +215,13 @@ def test_folder_per_class_catalogue_validates(tmp_path, base_catalogue):
 
 
 def test_committed_gx_suites_match_the_code():
-    from fashionops.validate import _suites_spec
+    from fashionops.data.validate import _suites_spec
 
     for suite, spec in _suites_spec().items():
         stored = json.loads((REPO / "gx" / "expectations" / f"{suite}.json").read_text())
         got = [(e["meta"]["name"], e["type"], e["kwargs"]) for e in stored["expectations"]]
         want = [(name, _snake(cls), kwargs) for name, cls, kwargs in spec]
-        assert got == want, f"gx/expectations/{suite}.json is stale: run python -m fashionops.validate init-gx gx"
+        assert got == want, f"gx/expectations/{suite}.json is stale: run python -m fashionops.data.validate init-gx gx"
         assert (REPO / "gx" / "validation_definitions" / f"{suite}.json").is_file()
     assert set(DEFAULT_SEVERITY) == {name for spec in _suites_spec().values() for name, _, _ in spec}
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from fashionops.evaluate import (REPORT_FILES, classification_metrics, confusion, misclassified_pairs,
+from fashionops.evaluation.stage import (REPORT_FILES, classification_metrics, confusion, misclassified_pairs,
                                  per_class_report, specificity_per_class)
 
 
@@ -113,7 +113,7 @@ def test_evaluate_stage_outputs(tiny_pipeline):
 
 def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared_catalogue, shared_styles,
                                           tmp_path):
-    from fashionops.evaluate import run_evaluate
+    from fashionops.evaluation.stage import run_evaluate
 
     known = pd.read_csv(small_catalogue / "styles.csv")
     labels = sorted(known["articleType"].unique())[:3]
@@ -140,8 +140,8 @@ def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared
 def test_evaluate_a_pyfunc_model_uri_matches_the_local_model(tiny_pipeline, tmp_path):
     import mlflow
 
-    from fashionops.evaluate import run_evaluate
-    from fashionops.pyfunc_models import log_classifier
+    from fashionops.evaluation.stage import run_evaluate
+    from fashionops.registry.pyfunc import log_classifier
     from fashionops.tracking import configure
 
     params = tiny_pipeline.model_copy(deep=True)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fashionops.errors import DataError
-from fashionops.index import (ITEM_COLUMNS, IndexSearcher, annoy_knn, average_precision_at_k, build_annoy,
+from fashionops.search.index import (ITEM_COLUMNS, IndexSearcher, annoy_knn, average_precision_at_k, build_annoy,
                               check_vectors, clustered_vectors, exact_knn, fit_projection, recall_at_k,
                               tune_index, write_index_dir)
 

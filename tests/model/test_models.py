@@ -14,7 +14,7 @@ from fashionops.errors import DataError, FashionOpsError
 from fashionops.models import build_model, load_model, model_spec, save_model
 from fashionops.models.attention import CBAM, SpatialAttentionPool
 from fashionops.models.heads import build_head
-from fashionops.preprocess import preprocess_batch
+from fashionops.inference.preprocess import preprocess_batch
 
 CLASSES = ["Tshirts", "Shirts", "Casual Shoes", "Watches"]
 

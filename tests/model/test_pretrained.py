@@ -9,7 +9,7 @@ from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
 from fashionops.models import build_model, model_spec, save_model
 from fashionops.models.pretrained import LITE0_MEAN, LITE0_STD, load_file, load_lite0, map_lite0_state_dict
-from fashionops.preprocess import preprocess_batch
+from fashionops.inference.preprocess import preprocess_batch
 
 CLASSES = ["a", "b", "c"]
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fashionops.errors import DataError
-from fashionops.index import (CLASS_PROBS_FILE, IndexSearcher, build_annoy, clustered_vectors, densified_vectors,
+from fashionops.search.index import (CLASS_PROBS_FILE, IndexSearcher, build_annoy, clustered_vectors, densified_vectors,
                               encode_arrays, exact_knn, l2_normalise, rerank_by_category, write_index_dir)
 
 TYPES = ["Tshirts", "Shirts", "Watches", "Heels"]

@@ -47,7 +47,7 @@ def _no_leaked_tracking_uri(monkeypatch):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, small_catalogue) -> Path:
     """The prepare stage run once on the real small catalogue; returns its out_dir (read-only)."""
-    from fashionops.prepare import run_prepare
+    from fashionops.data.prepare import run_prepare
 
     work = tmp_path_factory.mktemp("train_prepared")
     run_prepare(params_for(work, small_catalogue, TINY + [f"prepare.report_path={work / 'prepare.json'}"]))
@@ -80,8 +80,8 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
     from mlflow.tracking import MlflowClient
 
     from fashionops.models.factory import load_model
-    from fashionops.preprocess import preprocess_batch
-    from fashionops.train import HISTORY_COLUMNS, run_train
+    from fashionops.inference.preprocess import preprocess_batch
+    from fashionops.training.stage import HISTORY_COLUMNS, run_train
 
     params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=2"])
     result = run_train(params)
@@ -150,7 +150,7 @@ def _ckpt_epoch(path: Path) -> int:
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, mlflow_db):
-    from fashionops.train import run_train
+    from fashionops.training.stage import run_train
 
     extra = ["train.epochs=2", "train.augment.crop_scale=0.2", "train.augment.color_jitter=0.2"]
 
@@ -214,14 +214,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, prepared, mlflow_db):
     from fashionops.errors import FashionOpsError
-    from fashionops.train import run_train
+    from fashionops.training.stage import run_train
 
     with pytest.raises(FashionOpsError, match="no checkpoint"):
         run_train(train_params(tmp_path, prepared, mlflow_db), resume=True)
 
 
 def test_weighted_sampler_and_weighted_ce_train(tmp_path, prepared, mlflow_db):
-    from fashionops.train import run_train
+    from fashionops.training.stage import run_train
 
     params = train_params(tmp_path, prepared, mlflow_db, [
         "prepare.balance=weighted_sampler", "train.loss=weighted_ce", "train.epochs=1", "train.scheduler=cosine",
@@ -232,7 +232,7 @@ def test_weighted_sampler_and_weighted_ce_train(tmp_path, prepared, mlflow_db):
 
 
 def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
-    from fashionops.datamodule import EpochRandomSampler, load_prepared, sample_weights
+    from fashionops.training.datamodule import EpochRandomSampler, load_prepared, sample_weights
 
     data = load_prepared(prepared)
     labels = data.split("train")["label_idx"].to_numpy()
@@ -258,8 +258,8 @@ def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
 
 def test_datamodule_batches_are_uint8_and_the_transform_is_preprocess(prepared):
     from fashionops.config import AugmentConfig
-    from fashionops.datamodule import BatchTransform, FashionDataModule, load_prepared
-    from fashionops.preprocess import preprocess_batch
+    from fashionops.training.datamodule import BatchTransform, FashionDataModule, load_prepared
+    from fashionops.inference.preprocess import preprocess_batch
 
     data = load_prepared(prepared)
     spec = {"input_height": 48, "input_width": 36, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -288,7 +288,7 @@ def test_datamodule_batches_are_uint8_and_the_transform_is_preprocess(prepared):
 
 def test_losses_follow_the_model_loss_kind():
     from fashionops.config import TrainConfig
-    from fashionops.lit_module import FashionLitModule
+    from fashionops.training.lit_module import FashionLitModule
     from fashionops.models.factory import build_model, model_spec
 
     classes = [f"c{i}" for i in range(4)]
@@ -319,7 +319,7 @@ def test_losses_follow_the_model_loss_kind():
 def test_macro_f1_matches_scikit_learn():
     from sklearn.metrics import f1_score
 
-    from fashionops.lit_module import macro_f1
+    from fashionops.training.lit_module import macro_f1
 
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -330,7 +330,7 @@ def test_macro_f1_matches_scikit_learn():
 
 
 def test_autoencoder_trains_on_val_loss(tmp_path, prepared, mlflow_db):
-    from fashionops.train import run_train
+    from fashionops.training.stage import run_train
 
     params = train_params(tmp_path, prepared, mlflow_db, [
         "train.task=autoencoder", "train.backbone=conv_autoencoder", "train.loss=mse", "train.epochs=1",
@@ -346,7 +346,7 @@ def test_gpu_profile_runs_the_train_stage_on_the_cpu(tmp_path, prepared, mlflow_
     """The `gpu` preset end to end on a few batches: 224x168 upsampling, bf16-mixed autocast,
     device-side augmentation, DataLoader workers and the offline weights. Only CUDA itself is not
     exercised here (CI has no GPU); the speed and accuracy of that profile need a GPU machine."""
-    from fashionops.train import run_train
+    from fashionops.training.stage import run_train
 
     params = params_for(tmp_path, None, [
         "train.preset=gpu", "train.epochs=1", "train.limit_batches=2", "train.batch_size=8",

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from _workspace import copy_workspace, dvc, git, run
 
-from fashionops.pipeline import STAGES
+from fashionops.orchestration.pipeline import STAGES
 
 
 def _ran(output: str) -> set[str]:

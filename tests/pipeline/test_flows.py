@@ -13,7 +13,7 @@ import pytest
 import yaml
 from _workspace import REPO, TINY, copy_workspace, dvc, git, make_workspace, mlflow_client
 
-from fashionops import pipeline
+from fashionops.orchestration import pipeline
 from fashionops.config import ConfigError
 
 # ------------------------------------------------------------------------------ fast: the skeleton

@@ -16,7 +16,7 @@ def logged(tiny_pipeline, tmp_path_factory):
     """Both models logged into their own SQLite store (not registered) and loaded back."""
     import mlflow
 
-    from fashionops.pyfunc_models import log_classifier, log_visual_search
+    from fashionops.registry.pyfunc import log_classifier, log_visual_search
 
     store = tmp_path_factory.mktemp("pyfunc_store")
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -57,8 +57,8 @@ def test_classifier_output_schema_and_metadata(logged):
 
 def test_input_forms_agree(logged):
     """File bytes (the schema), paths, decoded arrays and a plain list give the same answer."""
-    from fashionops.imaging import load_rgb
-    from fashionops.pyfunc_models import images_frame
+    from fashionops.data.imaging import load_rgb
+    from fashionops.registry.pyfunc import images_frame
 
     classifier, _, files, _ = logged
     by_bytes = classifier.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
@@ -95,7 +95,7 @@ def test_visual_search_finds_the_query_item(logged):
 def test_bad_input_is_a_clear_error(logged, bad, expected, which):
     from mlflow.exceptions import MlflowException
 
-    from fashionops.pyfunc_models import images_frame
+    from fashionops.registry.pyfunc import images_frame
 
     model = logged[0] if which == "classifier" else logged[1]
     frame = images_frame([]) if isinstance(bad, str) else bad

@@ -55,7 +55,7 @@ def make_params(tiny_pipeline, tmp_path_factory):
 @pytest.fixture(scope="module")
 def registered(make_params):
     """Three candidates in order: A (the real metric), B (better by 0.1), C (between A and B)."""
-    from fashionops.registry import run_register
+    from fashionops.registry.register import run_register
 
     m0 = make_params.base["test_macro_f1"]
     results = {}
@@ -65,7 +65,7 @@ def registered(make_params):
 
 
 def _client(params):
-    from fashionops.registry import _client
+    from fashionops.registry.register import _client
 
     return _client(params)
 
@@ -125,7 +125,7 @@ def test_worse_candidate_becomes_challenger(registered, make_params):
 def test_failure_after_registration_leaves_aliases_unchanged(registered, make_params, where):
     """A much better candidate whose registration fails after the versions exist (and, in the
     second case, after the classifier's champion alias already moved): aliases as before."""
-    from fashionops.registry import RegistryError, alias_state, run_register
+    from fashionops.registry.register import RegistryError, alias_state, run_register
 
     fail_at = {"after-registration": "registered", "between-champion-aliases": f"alias:{IDX}@champion"}[where]
 
@@ -152,7 +152,7 @@ def test_failure_after_registration_leaves_aliases_unchanged(registered, make_pa
 def test_champion_rescored_when_its_split_differs(registered, make_params):
     """The champion's metric came from another split (fingerprint tag differs): it is re-scored
     on this split by loading it; the same weights score what evaluate measured."""
-    from fashionops.registry import run_register
+    from fashionops.registry.register import run_register
 
     params = make_params(-1.0)  # a candidate no real score loses to
     client = _client(params)
@@ -171,7 +171,7 @@ def test_champion_rescored_when_its_split_differs(registered, make_params):
 
 
 def test_manual_promote_and_rollback(registered, make_params):
-    from fashionops.registry import RegistryError, alias_state, promote, rollback
+    from fashionops.registry.register import RegistryError, alias_state, promote, rollback
 
     params = make_params()
     b, c = _pair(registered["B"]), _pair(registered["C"])
@@ -197,7 +197,7 @@ def test_manual_promote_and_rollback(registered, make_params):
 
 
 def test_register_index_for_keeps_the_pair(registered, make_params):
-    from fashionops.registry import alias_state, register_index_for
+    from fashionops.registry.register import alias_state, register_index_for
 
     params = make_params()
     champ = alias_state(params)["champion"]
@@ -219,8 +219,8 @@ def test_register_index_for_keeps_the_pair(registered, make_params):
 
 def test_pull_predict_and_deploy_smoke_in_fresh_process(registered, make_params, tmp_path, shared_catalogue):
     from fashionops.config import dump_params
-    from fashionops.predict import predict_images
-    from fashionops.registry import alias_state, pull, verify_pull
+    from fashionops.inference.predict import predict_images
+    from fashionops.registry.register import alias_state, pull, verify_pull
 
     params = make_params()
     state = alias_state(params)["champion"]

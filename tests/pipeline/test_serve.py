@@ -49,14 +49,14 @@ def serve_params(tiny_pipeline, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(serve_params):
     """The served pair, loaded once; apps with other settings reuse it."""
-    from fashionops.serve import load_bundle
+    from fashionops.serving.app import load_bundle
 
     return load_bundle(serve_params)
 
 
 @pytest.fixture(scope="module")
 def client(serve_params, bundle, monkeypatch_module):
-    from fashionops.serve import create_app
+    from fashionops.serving.app import create_app
 
     monkeypatch_module.delenv(serve_params.serve.token_env, raising=False)
     with TestClient(create_app(serve_params, bundle=bundle)) as c:
@@ -214,7 +214,7 @@ def test_bad_uploads_get_clear_4xx(client, serve_params, items):
 
 
 def test_upload_size_limit(serve_params, bundle, items):
-    from fashionops.serve import create_app
+    from fashionops.serving.app import create_app
 
     p = serve_params.model_copy(deep=True)
     p.serve.max_upload_mb = 0.05  # 52 KB
@@ -235,7 +235,7 @@ def test_upload_size_limit(serve_params, bundle, items):
 
 
 def test_bearer_token(serve_params, bundle, items, monkeypatch):
-    from fashionops.serve import create_app
+    from fashionops.serving.app import create_app
 
     monkeypatch.setenv(serve_params.serve.token_env, "s3cret-token")
     item_id = int(items["id"].iloc[0])
@@ -266,7 +266,7 @@ def test_openapi_documents_the_api(client):
 def _rebuild_index(params, n_trees: int) -> None:
     """A real new Annoy index over the served classifier's catalogue embeddings, written the way
     the index stage writes it (``write_index_dir``: build aside, then swap the directory)."""
-    from fashionops.index import PROJECTION_FILE, Projection, build_annoy, write_index_dir
+    from fashionops.search.index import PROJECTION_FILE, Projection, build_annoy, write_index_dir
 
     d = Path(params.index.out_dir)
     meta = json.loads((d / "index_meta.json").read_text())
@@ -280,7 +280,7 @@ def _rebuild_index(params, n_trees: int) -> None:
 
 
 def test_reload_swaps_pair_atomically_and_refuses_mismatch(tiny_pipeline, tmp_path, items):
-    from fashionops.serve import create_app
+    from fashionops.serving.app import create_app
 
     p = _copy_models(tiny_pipeline, tmp_path)
     item_id = int(items["id"].iloc[3])
@@ -327,7 +327,7 @@ def test_reload_swaps_pair_atomically_and_refuses_mismatch(tiny_pipeline, tmp_pa
 
 
 def test_reload_poll_picks_up_new_index(tiny_pipeline, tmp_path):
-    from fashionops.serve import create_app
+    from fashionops.serving.app import create_app
 
     p = _copy_models(tiny_pipeline, tmp_path)
     p.serve.reload_poll_s = 0.2
@@ -344,7 +344,7 @@ def test_reload_poll_picks_up_new_index(tiny_pipeline, tmp_path):
 
 def test_pull_directory_source(tiny_pipeline, tmp_path, items):
     """A directory laid out as `fashionops pull` writes it (manifest + both pyfunc trees)."""
-    from fashionops.serve import ServeError, load_bundle_from_pull
+    from fashionops.serving.app import ServeError, load_bundle_from_pull
 
     src = _copy_models(tiny_pipeline, tmp_path / "src")
     pull = tmp_path / "pull"
@@ -393,7 +393,7 @@ def test_live_server_stops_oversized_streams_early(serve_params, bundle, items):
 
     import httpx
 
-    from fashionops.serve import create_app, serve_in_thread
+    from fashionops.serving.app import create_app, serve_in_thread
 
     p = serve_params.model_copy(deep=True)
     p.serve.max_upload_mb = 1.0
@@ -435,8 +435,8 @@ def test_live_server_stops_oversized_streams_early(serve_params, bundle, items):
 def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tmp_path, items):
     """Models by alias from a real MLflow registry (own SQLite store): @champion is served, a
     later promotion is picked up by a non-forced reload (what the poll does), and /health tells."""
-    from fashionops.registry import promote, run_register
-    from fashionops.serve import create_app
+    from fashionops.registry.register import promote, run_register
+    from fashionops.serving.app import create_app
 
     p = _copy_models(tiny_pipeline, tmp_path / "models")
     p.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

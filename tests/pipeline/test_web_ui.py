@@ -163,7 +163,7 @@ def browser(chromium, tmp_path_factory):
 @pytest.fixture(scope="module")
 def live(tiny_pipeline):
     """The real app on a free 127.0.0.1 port over the tiny pipeline's models."""
-    from fashionops.serve import create_app, serve_in_thread
+    from fashionops.serving.app import create_app, serve_in_thread
 
     p = tiny_pipeline.model_copy(deep=True)
     p.serve.source = "local"

@@ -71,7 +71,7 @@ def lite0_weights_path() -> Path:
     return path
 
 
-def map_lite0_state_dict(target: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+def map_lite0_state_dict(target: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """The packaged Lite0 tensors renamed, in order, to ``target``'s state_dict keys.
 
     ``target`` is a timm ``tf_efficientnet_lite0``/``efficientnet_lite0``, with its 1000-class

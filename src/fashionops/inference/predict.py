@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from fashionops.config import Params
 from fashionops.errors import DataError, FashionOpsError
@@ -50,8 +51,8 @@ def predict_images(params: Params, images: Iterable[str | Path], model_uri: str 
     """
     from mlflow.exceptions import MlflowException
 
-    from fashionops.imaging import load_rgb
-    from fashionops.pyfunc_models import images_frame
+    from fashionops.data.imaging import load_rgb
+    from fashionops.registry.pyfunc import images_frame
 
     if k < 1:
         raise DataError(f"k must be >= 1 (got {k})")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,8 +61,13 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], proba: 
     ROC-AUC and AUPRC are one-vs-rest macro averages over classes with both positives and
     negatives in ``y_true``; NaN if there is none. Keys carry no prefix.
     """
-    from sklearn.metrics import (accuracy_score, average_precision_score, log_loss, precision_recall_fscore_support,
-                                 roc_auc_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -177,8 +183,8 @@ class _Model:
 def _local_model(model_dir: str | Path, batch_size: int) -> _Model:
     import torch
 
+    from fashionops.inference.preprocess import preprocess_batch
     from fashionops.models.factory import load_model
-    from fashionops.preprocess import preprocess_batch
 
     module, spec = load_model(model_dir)
     if spec.get("task", "classifier") != "classifier":
@@ -208,8 +214,8 @@ def _pyfunc_model(uri: str, params: Params, batch_size: int) -> _Model:
     """A registered/logged classifier pyfunc; classes and label column from its metadata."""
     import mlflow
 
+    from fashionops.registry.pyfunc import images_frame
     from fashionops.tracking import configure
-    from fashionops.pyfunc_models import images_frame
 
     configure(params)
     try:
@@ -267,8 +273,8 @@ def score_test_split(model: _Model, prepared_dir: str | Path) -> Scored:
 
 def score_catalogue(model: _Model, data_dir: str | Path) -> Scored:
     """Score a labelled catalogue (Kaggle or folder-per-class layout) with the model's label column."""
-    from fashionops.catalogue import load_catalogue
-    from fashionops.imaging import load_rgb, resize_rgb
+    from fashionops.data.catalogue import load_catalogue
+    from fashionops.data.imaging import load_rgb, resize_rgb
 
     cat = load_catalogue(data_dir)
     if model.label_column not in cat:
@@ -288,7 +294,7 @@ def score_catalogue(model: _Model, data_dir: str | Path) -> Scored:
 def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path | None,
                   top_misclassified: int = 20) -> dict[str, Any]:
     """Every evaluate output from one scored set; returns the ``test_``-prefixed metrics."""
-    from fashionops.plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
+    from fashionops.evaluation.plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,11 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -43,7 +44,7 @@ from starlette.datastructures import UploadFile
 from fashionops.config import Params
 from fashionops.errors import DataError, FashionOpsError
 
-log = logging.getLogger("fashionops.serve")
+log = logging.getLogger("fashionops.serving.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_K = 50
@@ -114,7 +115,7 @@ class ModelBundle:
 
     def fit(self, image: np.ndarray, spec: dict[str, Any] | None = None) -> np.ndarray:
         """Resize an upload to a model's input size (as the training cache was made)."""
-        from fashionops.imaging import resize_rgb
+        from fashionops.data.imaging import resize_rgb
 
         spec = spec or self.spec
         h, w = int(spec.get("input_height") or 80), int(spec.get("input_width") or 60)
@@ -125,7 +126,7 @@ class ModelBundle:
         """(H, W, 3) uint8 -> predicted label, its probability and the top-k classes."""
         import torch
 
-        from fashionops.preprocess import preprocess_batch
+        from fashionops.inference.preprocess import preprocess_batch
 
         batch = preprocess_batch(self.fit(image)[None], self.spec)
         x = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch))
@@ -259,7 +260,7 @@ def _find_dir(root: Path, marker: str) -> Path:
 
 def _check_pair(module: Any, spec: dict[str, Any], searcher: Any, index_dir: Path) -> None:
     """Refuse a classifier/index pair whose embeddings cannot belong together."""
-    from fashionops.index import embed_arrays
+    from fashionops.search.index import embed_arrays
 
     h = int(spec.get("input_height") or 80)
     w = int(spec.get("input_width") or 60)
@@ -361,8 +362,8 @@ def load_bundle_from_dirs(
     ``embedder_dir``: the model the index embeds with (default: the classifier); loaded once
     when it is the same model. ``jit``: serve frozen TorchScript traces (checked against eager).
     """
-    from fashionops.index import IndexSearcher
     from fashionops.models.factory import load_model
+    from fashionops.search.index import IndexSearcher
 
     model_dir, index_dir = Path(model_dir), Path(index_dir)
     embedder_dir = Path(embedder_dir) if embedder_dir else model_dir
@@ -446,7 +447,7 @@ def load_bundle_from_pull(pull_dir: str | Path, images_dir: str | Path, params: 
         raise ServeError(f"serve.model_dir {pull_dir}: no such directory (run `fashionops pull` first)")
     manifest = _read_manifest(pull_dir)
     if manifest.get("files"):
-        from fashionops.registry import verify_pull
+        from fashionops.registry.register import verify_pull
 
         bad = verify_pull(pull_dir)
         if bad:
@@ -498,7 +499,7 @@ def registry_fingerprint(params: Params, alias: str) -> str | None:
 
 def load_bundle_from_registry(params: Params, alias: str, images_dir: str | Path) -> ModelBundle:
     """Download both models of ``alias`` (via ``registry.pull``) and load them."""
-    from fashionops.registry import pull
+    from fashionops.registry.register import pull
 
     before = registry_fingerprint(params, alias)
     if before is None:
@@ -672,7 +673,7 @@ def create_app(params: Params, bundle: ModelBundle | None = None,
     """
     from contextlib import asynccontextmanager
 
-    from fashionops.imaging import load_rgb
+    from fashionops.data.imaging import load_rgb
 
     cfg = params.serve
     if bundle is None or loader is None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,7 @@ class Projection:
                  explained_variance=np.float64(self.explained_variance))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Projection":
+    def load(cls, path: str | Path) -> Projection:
         with np.load(path) as z:
             return cls(z["mean"].astype(np.float32), z["components"].astype(np.float32),
                        float(z["explained_variance"]))
@@ -417,7 +418,7 @@ def encode_arrays(module, spec: dict[str, Any], images: Sequence[np.ndarray] | n
     import torch
     import torch.nn.functional as F
 
-    from fashionops.preprocess import preprocess_batch
+    from fashionops.inference.preprocess import preprocess_batch
 
     n = len(images)
     if n == 0:
@@ -464,7 +465,7 @@ def _resize_batch(images: Sequence[np.ndarray] | np.ndarray, h: int, w: int) -> 
     """Stack images into uint8 NHWC at (h, w), resizing only those of another size."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (h, w):
         return np.ascontiguousarray(images)
-    from fashionops.imaging import resize_rgb
+    from fashionops.data.imaging import resize_rgb
 
     return np.stack([img if img.shape[:2] == (h, w) else resize_rgb(img, h, w) for img in images])
 
@@ -487,7 +488,7 @@ def load_embedder(params: Params):
 
 def catalogue_items(raw_dir: str | Path) -> pd.DataFrame:
     """Every catalogue row with an image: the index's items (``annoy_idx`` = row order), with sha256."""
-    from fashionops.catalogue import load_catalogue
+    from fashionops.data.catalogue import load_catalogue
 
     cat = load_catalogue(raw_dir)
     if cat.empty:
@@ -506,7 +507,7 @@ def embed_catalogue(cat: pd.DataFrame, module, spec: dict[str, Any], batch_size:
     Returns ``(encoded, items)`` where ``items`` has ``annoy_idx`` and ``sha256`` of the file bytes.
     Unreadable images raise ``DataError`` naming the file.
     """
-    from fashionops.imaging import load_rgb, resize_rgb
+    from fashionops.data.imaging import load_rgb, resize_rgb
 
     h, w = _input_size(spec)
     chunks: list[Encoded] = []
@@ -612,7 +613,7 @@ class IndexSearcher:
             self._item_class = np.array([position.get(v, -1) for v in labels], dtype=np.int64)
 
     @classmethod
-    def load(cls, index_dir: str | Path) -> "IndexSearcher":
+    def load(cls, index_dir: str | Path) -> IndexSearcher:
         """Load ``index.ann``, ``items.parquet``, ``index_meta.json`` (+ ``projection.npz``, ``class_probs.npy``)."""
         from annoy import AnnoyIndex
 
@@ -847,8 +848,8 @@ def _test_ids(params: Params, items: pd.DataFrame, n: int, seed: int) -> list[in
 
 def _retrieval_picture(searcher: IndexSearcher, items: pd.DataFrame, query_ids: list[int],
                        n: int, seed: int, path: Path, k: int = 5) -> Path:
-    from fashionops.imaging import load_rgb
-    from fashionops.plots import plot_retrieval
+    from fashionops.data.imaging import load_rgb
+    from fashionops.evaluation.plots import plot_retrieval
 
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(query_ids, size=min(n, len(query_ids)), replace=False).tolist())
@@ -971,7 +972,7 @@ def search_images(params: Params, images: list[str], k: int = 5, index_dir: str 
     The embedder is the model in ``index.embedder_dir`` (default ``train.out_dir``); it must produce
     vectors of the index's dimension.
     """
-    from fashionops.imaging import load_rgb
+    from fashionops.data.imaging import load_rgb
 
     if k < 1:
         raise DataError(f"--k must be >= 1, got {k}")

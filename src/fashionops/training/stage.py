@@ -36,9 +36,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fashionops import tracking
 from fashionops.config import Params, TrainConfig
-from fashionops.datamodule import FashionDataModule, PreparedData, load_prepared
 from fashionops.errors import FashionOpsError
-from fashionops.lit_module import FashionLitModule
+from fashionops.training.datamodule import FashionDataModule, PreparedData, load_prepared
+from fashionops.training.lit_module import FashionLitModule
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr",

@@ -22,11 +22,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from fashionops.atomic import staged_dir, write_json
 from fashionops import tracking
+from fashionops.atomic import staged_dir, write_json
 from fashionops.config import Params
 from fashionops.errors import FashionOpsError
 
@@ -202,8 +203,8 @@ def score_model(params: Params, model_uri: str, metric: str) -> float:
     import mlflow
     import numpy as np
 
-    from fashionops.evaluate import classification_metrics
-    from fashionops.pyfunc_models import images_frame
+    from fashionops.evaluation.stage import classification_metrics
+    from fashionops.registry.pyfunc import images_frame
 
     name = metric[len("test_"):] if metric.startswith("test_") else metric
     test = _test_split(params)
@@ -268,7 +269,7 @@ def run_register(params: Params, on_step: StepHook = None) -> dict[str, Any]:
     """
     import mlflow
 
-    from fashionops.pyfunc_models import log_classifier, log_visual_search
+    from fashionops.registry.pyfunc import log_classifier, log_visual_search
 
     reg = params.register
     metric = reg.selection_metric
@@ -437,7 +438,7 @@ def register_index_for(params: Params, index_dir: str | Path, classifier_version
     """
     import mlflow
 
-    from fashionops.pyfunc_models import CLASSIFIER_ARTIFACT, artifact_dir, log_visual_search
+    from fashionops.registry.pyfunc import CLASSIFIER_ARTIFACT, artifact_dir, log_visual_search
 
     client = _client(params)
     reg = params.register

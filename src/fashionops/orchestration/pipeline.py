@@ -24,9 +24,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from fashionops.config import Params, load_params
 from fashionops.errors import FashionOpsError
@@ -557,8 +558,9 @@ def fetch_champion(params: Params, dest: str | Path, alias: str = "champion") ->
 
     import mlflow
 
-    from fashionops import registry, tracking
-    from fashionops.pyfunc_models import CLASSIFIER_ARTIFACT, artifact_dir
+    from fashionops import tracking
+    from fashionops.registry import register as registry
+    from fashionops.registry.pyfunc import CLASSIFIER_ARTIFACT, artifact_dir
 
     tracking.configure(params)
     version = registry.alias_state(params).get(alias, {}).get("classifier")
@@ -589,13 +591,13 @@ def refresh_overrides(workspace: str | Path, embedder_dir: str | Path) -> list[s
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m fashionops.pipeline fetch-champion|register-index ...``: the MLflow steps of the
+    """``python -m fashionops.orchestration.pipeline fetch-champion|register-index ...``: the MLflow steps of the
     index refresh, run in the workspace like the stages (its paths, git commit and store)."""
     import argparse
 
-    from fashionops import registry
+    from fashionops.registry import register as registry
 
-    parser = argparse.ArgumentParser(prog="python -m fashionops.pipeline")
+    parser = argparse.ArgumentParser(prog="python -m fashionops.orchestration.pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("fetch-champion")
     sp.add_argument("--dest", required=True)
@@ -629,8 +631,8 @@ def result_line(lines: list[str]) -> dict[str, Any]:
 
 def run_refresh_step(command: list[str], workspace: str | Path, env: dict[str, str] | None = None,
                      log: LogFn | None = None, name: str = "index-refresh") -> dict[str, Any]:
-    """Run ``python -m fashionops.pipeline <command>`` in the workspace; its result dict."""
-    code, lines = run_command([sys.executable, "-m", "fashionops.pipeline", *command], cwd=workspace, env=env, log=log)
+    """Run ``python -m fashionops.orchestration.pipeline <command>`` in the workspace; its result dict."""
+    code, lines = run_command([sys.executable, "-m", "fashionops.orchestration.pipeline", *command], cwd=workspace, env=env, log=log)
     if code != 0:
         raise StageFailed(name, code, error_message(lines), classify_failure(name, lines), lines[-50:])
     return result_line(lines)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
-import pandas as pd
 
 import matplotlib
+import numpy as np
+import pandas as pd
 
 matplotlib.use("Agg")  # headless: stages run under DVC/Prefect without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fashionops.atomic import atomic_path
 
 
-def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 100) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
     """Save ``fig`` as PNG via a temp file + rename so a crash never leaves a half-written image."""
     path = Path(path)
     try:

@@ -7,7 +7,7 @@ required columns, minimum size, image modes) are ``$PARAMETER`` placeholders fil
 so changing params never rewrites ``gx/``. A run writes nothing into ``gx/``: validation
 results go to a temp dir and Data Docs to ``validate.report_dir/data_docs`` (both store paths in
 ``great_expectations.yml`` are ``${FASHIONOPS_GX_*}`` variables set per run). Recreate ``gx/``
-with ``python -m fashionops.validate init-gx [GX_DIR]``.
+with ``python -m fashionops.data.validate init-gx [GX_DIR]``.
 
 Expectations (stable names, in the expectation's ``meta.name``; default severity; override
 with ``validate.severity: {name: critical|warning}``):
@@ -59,8 +59,8 @@ from typing import Any
 import pandas as pd
 
 from fashionops.atomic import atomic_path, write_json
-from fashionops.catalogue import load_catalogue
 from fashionops.config import Params
+from fashionops.data.catalogue import load_catalogue
 from fashionops.errors import DataError, ValidationFailed
 
 DATASOURCE = "fashionops"
@@ -319,7 +319,7 @@ class _gx_env:
         self.values = {ENV_RESULTS: str(results) + os.sep, ENV_DOCS: str(docs) + os.sep}
         self.saved: dict[str, str | None] = {}
 
-    def __enter__(self) -> "_gx_env":
+    def __enter__(self) -> _gx_env:
         for key, value in self.values.items():
             self.saved[key] = os.environ.get(key)
             os.environ[key] = value
@@ -337,7 +337,7 @@ def _check_gx_dir(gx_dir: Path) -> None:
     if not (gx_dir / "great_expectations.yml").is_file():
         raise DataError(
             f"validate.gx_dir: {gx_dir} has no great_expectations.yml; restore gx/ from git or run "
-            f"`python -m fashionops.validate init-gx {gx_dir}`"
+            f"`python -m fashionops.data.validate init-gx {gx_dir}`"
         )
 
 
@@ -537,5 +537,5 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "init-gx":
         print(init_gx_context(sys.argv[2] if len(sys.argv) > 2 else "gx"))
     else:
-        print("usage: python -m fashionops.validate init-gx [GX_DIR]", file=sys.stderr)
+        print("usage: python -m fashionops.data.validate init-gx [GX_DIR]", file=sys.stderr)
         sys.exit(2)

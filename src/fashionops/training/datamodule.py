@@ -4,7 +4,7 @@ Batches leave the loader as uint8 ``(B, H, W, 3)`` straight from the memory-mapp
 ``images.npy`` (one fancy-index per batch, no per-image decode), move to the device as bytes,
 and are augmented, resized and normalised there (``BatchTransform`` in
 ``FashionDataModule.on_after_batch_transfer``). Normalisation and resizing are
-``fashionops.preprocess.preprocess_batch``, the same function inference uses.
+``fashionops.inference.preprocess.preprocess_batch``, the same function inference uses.
 
 Balancing (``prepare.balance``): ``weighted_sampler`` draws train samples with probability
 inversely proportional to their class count; ``oversample`` needs nothing here (the copies
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -200,7 +200,7 @@ class BatchTransform:
         return self.augment.crop_scale > 0 or self.augment.affine_degrees > 0
 
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        from fashionops.preprocess import preprocess_batch
+        from fashionops.inference.preprocess import preprocess_batch
 
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise DataError(f"expected a uint8 (B, H, W, 3) batch, got {images.dtype} {tuple(images.shape)}")
@@ -302,7 +302,7 @@ class FashionDataModule(L.LightningDataModule):
 
     @classmethod
     def from_params(cls, params: Params, spec: dict[str, Any], data: PreparedData | None = None,
-                    channels_last: bool = False, pin_memory: bool = False) -> "FashionDataModule":
+                    channels_last: bool = False, pin_memory: bool = False) -> FashionDataModule:
         t = params.train
         return cls(
             data or load_prepared(params.prepare.out_dir), spec, batch_size=t.batch_size,

@@ -106,8 +106,8 @@ def _cells(model_input: Any) -> list[Any]:
 
 def decode_images(model_input: Any, max_pixels: int | None = MAX_PIXELS) -> list[np.ndarray]:
     """Decode every image of the input into (H, W, 3) uint8 RGB; raises ModelInputError."""
+    from fashionops.data.imaging import load_rgb
     from fashionops.errors import FashionOpsError
-    from fashionops.imaging import load_rgb
 
     cells = _cells(model_input)
     if not cells:
@@ -139,7 +139,7 @@ def _load_module(model_dir: str) -> tuple[Any, dict[str, Any]]:
 
 def _resized(images: list[np.ndarray], spec: dict[str, Any]) -> np.ndarray:
     """Images at the model's input size, as one (N, H, W, 3) uint8 batch."""
-    from fashionops.imaging import resize_rgb
+    from fashionops.data.imaging import resize_rgb
 
     h, w = int(spec["input_height"]), int(spec["input_width"])
     return np.stack([resize_rgb(img, h, w) for img in images])
@@ -166,7 +166,7 @@ class ClassifierModel(PythonModel):
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
         import torch
 
-        from fashionops.preprocess import preprocess_batch
+        from fashionops.inference.preprocess import preprocess_batch
 
         top_k = _int_param(params, "top_k", 3, len(self.classes))
         images = _resized(decode_images(model_input), self.spec)
@@ -190,7 +190,7 @@ class VisualSearchModel(PythonModel):
     """Visual search: embed with the paired embedder, query the Annoy index, return item metadata."""
 
     def load_context(self, context: Any) -> None:
-        from fashionops.index import IndexSearcher
+        from fashionops.search.index import IndexSearcher
 
         self.module, self.spec = _load_module(context.artifacts[EMBEDDER_ARTIFACT])
         self.searcher = IndexSearcher.load(context.artifacts[INDEX_ARTIFACT])
@@ -260,7 +260,7 @@ def pip_requirements() -> list[str]:
 
 def _package_copy(tmp: Path) -> str:
     """A clean copy of the ``fashionops`` package (no caches) to log as ``code_paths``."""
-    src = Path(__file__).resolve().parent
+    src = Path(__file__).resolve().parent.parent  # the fashionops package
     dest = tmp / "fashionops"
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return str(dest)

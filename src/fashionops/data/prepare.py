@@ -13,19 +13,20 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from fashionops.atomic import staged_dir, write_json
-from fashionops.catalogue import load_catalogue
 from fashionops.config import ConfigError, Params
+from fashionops.data.catalogue import load_catalogue
+from fashionops.data.imaging import decode_files_into
 from fashionops.errors import DataError
-from fashionops.imaging import decode_files_into
 
 SPLITS = ("train", "val", "test")
 # Rows per decode task: big enough to amortise process round trips, small enough to balance.
