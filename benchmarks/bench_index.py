@@ -6,14 +6,15 @@ Two data sets:
   untrained-head default model (ImageNet EfficientNet-Lite0 features; real image embeddings, not
   the fine-tuned ones) and says so in the results; otherwise that part is skipped.
 * ``--n`` synthetic vectors of the same dimension (default 1,000,000), from one or both generators
-  (``--generators``): ``densified`` (``fashionops.search.index.densified_vectors``: drawn around the real
+  (``--generators``): ``densified`` (``benchmarks.vectors.densified_vectors``: drawn around the real
   embeddings, calibrated to be exactly as hard for Annoy as them at the catalogue's size; needs the
-  real embeddings) and ``clustered`` (``fashionops.search.index.clustered_vectors``: Zipf-sized isotropic
+  real embeddings) and ``clustered`` (``benchmarks.vectors.clustered_vectors``: Zipf-sized isotropic
   Gaussian clusters on a 64-d latent manifold lifted to D dims; 8x harder than the real embeddings
   at the catalogue's size, the pessimistic case).
 
 Both go through what the ``index`` stage does: optional SVD projection to ``--index-dim`` (``none`` to skip),
-``tune_index`` (smallest search_k reaching the recall target on 500 self-excluded items), then
+``tune_index`` with the ``--backend`` ANN backend (default annoy; smallest search_k reaching the
+recall target on 500 self-excluded items), then
 held-out queries measure recall@10 (vs exact in the index space and in the raw space) and
 single-query latency. Exact search is a float32 matrix product (torch) over all vectors.
 
@@ -39,16 +40,20 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # benchmarks.* when run as a script
 
+from benchmarks.vectors import clustered_vectors, densified_vectors  # noqa: E402
 from fashionops.config import IndexConfig  # noqa: E402
-from fashionops.search.index import (annoy_knn, clustered_vectors, densified_vectors, exact_knn,  # noqa: E402
-                              fit_projection, l2_normalise, recall_at_k, save_annoy, tune_index)
+from fashionops.search.backends import BACKENDS, DEFAULT_BACKEND, get_backend  # noqa: E402
+from fashionops.search.exact import exact_knn, recall_at_k  # noqa: E402
+from fashionops.search.tuning import tune_index  # noqa: E402
+from fashionops.search.vectors import fit_projection, l2_normalise  # noqa: E402
 
 
 class PeakRSS:
     """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import psutil
 
         self._proc = psutil.Process()
@@ -97,8 +102,8 @@ def exact_latency(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> dict
 
 
 def bench(name: str, vectors: np.ndarray, queries: np.ndarray, index_dim: int | None, n_trees: int,
-          max_trees: int, target: float, seed: int = 42) -> dict[str, Any]:
-    """One data set through projection -> tune -> held-out measurement."""
+          max_trees: int, target: float, seed: int = 42, backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+    """One data set through projection -> tune -> held-out measurement (results under ``backend``)."""
     out: dict[str, Any] = {"name": name, "n": int(len(vectors)), "dim": int(vectors.shape[1]),
                            "index_dim": index_dim or int(vectors.shape[1]), "recall_target": target,
                            "tuned_for": min(1.0, target + IndexConfig().recall_margin),
@@ -126,20 +131,21 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, index_dim: int | 
         t0 = time.perf_counter()
         # tuned for target + the stage's default margin, as `fashionops index` does (sampling noise)
         margin = IndexConfig().recall_margin
-        index, tuned = tune_index(iv, "angular", n_trees, max_trees, 10, min(1.0, target + margin), 500, seed)
+        index, tuned = tune_index(iv, "angular", n_trees, max_trees, 10, min(1.0, target + margin), 500, seed,
+                                  backend=backend)
         tune_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_annoy(index, Path(tmp) / "index.ann")
+        path = index.save(Path(tmp) / get_backend(backend).index_file)
         size_mb = path.stat().st_size / 1e6
         times = []
         for q in queries:
             t0 = time.perf_counter()
             x = projection.apply(q[None, :])[0] if projection is not None else q
-            index.get_nns_by_vector(x, 10, search_k=tuned.search_k)
+            index.query(x, 10, tuned.search_k)
             times.append((time.perf_counter() - t0) * 1000)
-        ap, _ = annoy_knn(index, iq, 10, tuned.search_k)
+        ap, _ = index.knn(iq, 10, tuned.search_k)
         index.unload()
-    out["annoy"] = {
+    out[backend] = {
         "n_trees": tuned.n_trees, "search_k": tuned.search_k, "tuned_recall_at_10": tuned.recall,
         "target_reached": tuned.reached, "build_s": tuned.build_s, "tune_total_s": tune_s,
         "peak_rss_delta_mb": mem.delta_mb, "index_size_mb": size_mb,
@@ -148,13 +154,14 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, index_dim: int | 
         "recall_at_10_vs_raw_exact": recall_at_k(vectors, queries, ap, ex_d_raw),
         "trials": tuned.trials,
     }
-    print(f"[{name}] annoy {({k: v for k, v in out['annoy'].items() if k != 'trials'})}", flush=True)
+    print(f"[{name}] {backend} {({k: v for k, v in out[backend].items() if k != 'trials'})}", flush=True)
     return out
 
 
 def real_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, str] | None:
     """Catalogue embeddings from the trained model, or the pretrained proxy, or None."""
-    from fashionops.search.index import catalogue_items, embed_catalogue
+    from fashionops.inference.predictor import Predictor
+    from fashionops.search.items import catalogue_items, embed_catalogue
 
     cache = Path(args.embeddings_cache) if args.embeddings_cache else None
     if cache is not None and cache.is_file():
@@ -166,16 +173,14 @@ def real_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, str] | None:
         return None
     model_dir = Path(args.model_dir)
     if (model_dir / "model_spec.json").is_file():
-        from fashionops.models.factory import load_model
-
-        module, spec = load_model(model_dir)
+        predictor = Predictor.from_dir(model_dir)
         source = f"trained model {model_dir}"
     elif args.proxy_pretrained:
         from fashionops.config import TrainConfig
         from fashionops.models.factory import build_model, model_spec
 
         spec = model_spec(TrainConfig(), ["a", "b"], "articleType", (80, 60))
-        module = build_model(spec).eval()
+        predictor = Predictor(build_model(spec).eval(), spec)
         source = "PROXY: ImageNet EfficientNet-Lite0 features (no trained model in models/classifier)"
     else:
         print(f"no trained model in {model_dir}; real-embedding part skipped (try --proxy-pretrained)", flush=True)
@@ -185,7 +190,7 @@ def real_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, str] | None:
         cat = cat.sample(n=args.real_limit, random_state=0).sort_values("id")
     t0 = time.perf_counter()
     # the index stage's encoding (mirror averaging when index.flip_tta is on by default)
-    vectors = embed_catalogue(cat, module, spec, 128, flip_tta=IndexConfig().flip_tta)[0].embeddings
+    vectors = embed_catalogue(cat, predictor, 128, flip_tta=IndexConfig().flip_tta)[0].embeddings
     print(f"embedded {len(vectors)} images in {time.perf_counter() - t0:.1f}s ({source})", flush=True)
     if cache is not None:
         np.save(cache, vectors)
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trees", type=int, default=50)
     ap.add_argument("--max-trees", type=int, default=200)
     ap.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    ap.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(BACKENDS), help="ANN backend")
     ap.add_argument("--generators", default="densified,clustered",
                     help="synthetic generators, comma-separated: densified (needs real embeddings), clustered")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/index.json"))
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             held = rng.choice(len(vectors), size=min(args.queries, len(vectors) // 10), replace=False)
             mask = np.ones(len(vectors), bool)
             mask[held] = False
-            res = bench("real", vectors[mask], vectors[held], index_dim, args.trees, args.max_trees, 0.95)
+            res = bench("real", vectors[mask], vectors[held], index_dim, args.trees, args.max_trees, 0.95,
+                        backend=args.backend)
             res["source"] = source
             res["targets"] = {"recall_at_10": 0.95, "p50_ms": 1.0}
             results[f"real_{suffix}"] = res
@@ -244,16 +251,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"generating {args.n} densified {anchors.shape[1]}-d vectors", flush=True)
             allv = densified_vectors(anchors, total, seed=1)
-            described = "fashionops.search.index.densified_vectors(real catalogue embeddings, neighbours=10, noise=1.5)"
+            described = "benchmarks.vectors.densified_vectors(real catalogue embeddings, neighbours=10, noise=1.5)"
             key = f"densified_{args.n}_{suffix}"
         elif generator == "clustered":
             print(f"generating {args.n} clustered {dim}-d vectors", flush=True)
             allv = clustered_vectors(total, dim, n_clusters=1000, seed=1)
-            described = "fashionops.search.index.clustered_vectors(n_clusters=1000, latent_dim=64, spread=0.35, noise=0.02)"
+            described = "benchmarks.vectors.clustered_vectors(n_clusters=1000, latent_dim=64, spread=0.35, noise=0.02)"
             key = f"synthetic_{args.n}_{suffix}"
         else:
             ap.error(f"unknown generator {generator!r} (densified, clustered)")
-        res = bench(generator, allv[: args.n], allv[args.n:], index_dim, args.trees, args.trees, 0.90)
+        res = bench(generator, allv[: args.n], allv[args.n:], index_dim, args.trees, args.trees, 0.90,
+                    backend=args.backend)
         del allv
         res["generator"] = described
         res["targets"] = targets

@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     self_cpu, child_cpu = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
         params = load_params(REPO / "params.yaml", [
-            f"data.raw_dir={args.data}",
-            f"prepare.out_dir={Path(tmp) / 'data/prepared'}",
-            f"prepare.report_path={Path(tmp) / 'reports/prepare/summary.json'}",
+            f"paths.raw_dir={args.data}",
+            f"paths.prepared_dir={Path(tmp) / 'data/prepared'}",
+            f"paths.reports_dir={Path(tmp) / 'reports'}",
             "prepare.min_images_per_class=1",
             f"prepare.workers={args.workers}",
         ])
-        summary = run_prepare(params)
+        summary = run_prepare(params.prepare, params.paths)
         cache_bytes = (Path(tmp) / "data/prepared/images.npy").stat().st_size
     self_cpu = _cpu_seconds(resource.RUSAGE_SELF) - self_cpu  # serial part (catalogue, split, writes)
     child_cpu = _cpu_seconds(resource.RUSAGE_CHILDREN) - child_cpu  # the parallel decode workers

@@ -58,8 +58,8 @@ def build_proxy(work: Path, catalogue: Path, n_items: int, seed: int = 0) -> tup
     import pandas as pd
 
     from fashionops.config import load_params
-    from fashionops.search.index import run_index
     from fashionops.models.factory import build_model, model_spec, save_model
+    from fashionops.search.stage import run_index
 
     raw = work / "raw"
     styles = pd.read_csv(catalogue / "styles.csv", on_bad_lines="skip")
@@ -73,17 +73,17 @@ def build_proxy(work: Path, catalogue: Path, n_items: int, seed: int = 0) -> tup
                 dst.write_bytes((catalogue / "images" / f"{i}.jpg").read_bytes())
     rows.to_csv(raw / "styles.csv", index=False)
     params = load_params(REPO / "params.yaml", [
-        f"data.raw_dir={raw}", f"train.out_dir={work / 'classifier'}", f"index.out_dir={work / 'index'}",
-        f"index.report_dir={work / 'index_report'}", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+        f"paths.raw_dir={raw}", f"paths.classifier_dir={work / 'classifier'}", f"paths.index_dir={work / 'index'}",
+        f"paths.reports_dir={work / 'reports'}", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
         f"tracking.artifact_location={work / 'mlflow'}", "index.tune_queries=200",
     ])
     classes = sorted(str(c) for c in rows["articleType"].value_counts().index[:20])
     spec = model_spec(params.train, classes, "articleType",
                       (params.prepare.image_height, params.prepare.image_width))
-    save_model(params.train.out_dir, build_model(spec), spec)
-    run_index(params)
+    save_model(params.paths.classifier_dir, build_model(spec), spec)
+    run_index(params.index, params.paths, params.tracking, label=params.prepare.label)
     (work / PROXY_MARKER).write_text(PROXY_NOTE + "\n")
-    return Path(params.train.out_dir), Path(params.index.out_dir), raw
+    return Path(params.paths.classifier_dir), Path(params.paths.index_dir), raw
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -93,8 +93,8 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 def start_server(model_dir: Path, index_dir: Path, raw_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fashionops.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--set", "serve.source=local", "--set", f"train.out_dir={model_dir}",
-           "--set", f"index.out_dir={index_dir}", "--set", f"data.raw_dir={raw_dir}",
+           "--set", "serve.source=local", "--set", f"paths.classifier_dir={model_dir}",
+           "--set", f"paths.index_dir={index_dir}", "--set", f"paths.raw_dir={raw_dir}",
            "--set", "index.embedder_dir=null"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("FASHIONOPS_API_TOKEN", None)

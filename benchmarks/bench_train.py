@@ -53,7 +53,8 @@ from fashionops.training.datamodule import FashionDataModule, load_prepared  # n
 from fashionops.training.lit_module import FashionLitModule  # noqa: E402
 from fashionops.models.factory import build_model, model_spec  # noqa: E402
 from fashionops.inference.preprocess import preprocess_batch  # noqa: E402
-from fashionops.training.stage import EpochSeed, resolve_runtime, set_cpu_threads  # noqa: E402
+from fashionops.training.callbacks import EpochSeed  # noqa: E402
+from fashionops.training.runtime import resolve_runtime, set_cpu_threads  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r".*(validation_step|does not have many workers|litlogger).*")
 DEFAULT_CATALOGUE = REPO.parent / "shared" / "data" / "fashion-product-images-small"
@@ -213,10 +214,10 @@ def run_synthetic(cfg: TrainConfig, spec: dict, runtime: dict, steps: int, warmu
     lit = make_module(cfg, spec, runtime)
     device = torch.device("cuda" if runtime["cuda"] else "cpu")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg.batch_size, 3, spec["input_height"], spec["input_width"], generator=g).to(device)
+    x = torch.randn(cfg.batch_size, 3, spec.input_height, spec.input_width, generator=g).to(device)
     if runtime["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, spec["num_classes"], (cfg.batch_size,), generator=g).to(device)
+    y = torch.randint(0, spec.num_classes, (cfg.batch_size,), generator=g).to(device)
     timer = StepTimer(warmup)
     trainer_for(runtime, steps, timer, cfg).fit(lit, datamodule=SyntheticDataModule(x, y, steps))
     return {"images_per_s": timer.images_per_s}
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "lightning": L.__version__,
         "backbone": args.backbone,
-        "input_hw": [spec["input_height"], spec["input_width"]],
+        "input_hw": [spec.input_height, spec.input_width],
         "batch_size": args.batch_size,
         "steps": steps,
         "warmup": warmup,

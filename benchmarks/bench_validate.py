@@ -34,25 +34,25 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "src"))
     start_all = time.perf_counter()
     from fashionops.config import load_params
+    from fashionops.data.validation import run_validate
     from fashionops.errors import ValidationFailed
-    from fashionops.data.validate import run_validate
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as tmp:
         params = load_params(REPO / "params.yaml", [
-            f"validate.data_dir={args.data}",
-            f"validate.facts_path={Path(tmp) / 'image_facts.parquet'}",
-            f"validate.report_dir={Path(tmp) / 'reports'}",
-            f"validate.gx_dir={REPO / 'gx'}",
+            f"paths.raw_dir={args.data}",
+            f"paths.facts={Path(tmp) / 'image_facts.parquet'}",
+            f"paths.reports_dir={Path(tmp) / 'reports'}",
+            f"paths.gx_dir={REPO / 'gx'}",
             f"validate.workers={args.workers}",
         ])
         start = time.perf_counter()
         try:
-            result = run_validate(params)
+            result = run_validate(params.validate, params.paths, label=params.prepare.label)
             passed = True
         except ValidationFailed as exc:
             print(f"validation failed: {exc}", file=sys.stderr)
-            result = json.loads((Path(tmp) / "reports" / "summary.json").read_text())
+            result = json.loads((params.paths.reports("validation") / "summary.json").read_text())
             passed = False
         seconds = time.perf_counter() - start
     rows = int(result["rows"])

@@ -3,64 +3,56 @@
 classifier version (``fashionops.registry.register.register_index_for``).
 
 Steps: (import a new catalogue) -> validate it (DVC stage) -> fetch @champion -> build the index
--> register it. Logic in :mod:`fashionops.orchestration.pipeline`; this file wires it into Prefect.
+-> register it. The logic lives in :mod:`fashionops.orchestration.refresh` (shared tasks in
+:mod:`fashionops.orchestration.tasks`); this file only wires it into a flow.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-# The shared tasks live in training_pipeline.py next to this file, whoever loads it.
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # see training_pipeline.py
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_link_artifact, create_table_artifact  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-
-from fashionops.orchestration import pipeline  # noqa: E402
-from training_pipeline import (  # noqa: E402
-    RETRY_BACKOFF_S,
-    STAGE_RETRIES,
-    _log_lines,
+# First: it sets this project's Prefect defaults, read when prefect is first imported.
+from fashionops.orchestration.tasks import (  # isort: skip
+    RETRIES,
     import_task,
+    log_lines,
+    publish_links,
     publish_validation,
-    retry_on_transient,
     stage_task,
 )
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
-RETRIES = dict(retries=STAGE_RETRIES, retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S),
-               retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient)
+from fashionops.orchestration.lock import workspace_lock
+from fashionops.orchestration.refresh import REFRESH_DIR, build_refresh_index, run_refresh_step
+from fashionops.orchestration.reports import metrics_table, registry_links
+from fashionops.orchestration.runner import stage_env
 
 
 @task(name="fetch-champion", **RETRIES)
 def fetch_champion_task(workspace: str, alias: str, env: dict[str, str]) -> dict[str, Any]:
     """Download the classifier holding ``alias`` from the MLflow registry."""
-    dest = str(Path(workspace) / pipeline.REFRESH_DIR / "embedder")
-    return pipeline.run_refresh_step(["fetch-champion", "--dest", dest, "--alias", alias], workspace,
-                                     env=env, log=_log_lines(), name="fetch-champion")
+    dest = str(Path(workspace) / REFRESH_DIR / "embedder")
+    return run_refresh_step(["fetch-champion", "--dest", dest, "--alias", alias], workspace,
+                            env=env, log=log_lines(), name="fetch-champion")
 
 
 @task(name="build-index", **RETRIES)
 def build_index_task(workspace: str, embedder_dir: str, env: dict[str, str]) -> dict[str, Any]:
     """Embed the catalogue with the champion and build the tuned Annoy index."""
-    return pipeline.build_refresh_index(workspace, embedder_dir, env=env, log=_log_lines())
+    return build_refresh_index(workspace, embedder_dir, env=env, log=log_lines())
 
 
 @task(name="register-index", **RETRIES)
 def register_index_task(workspace: str, index_dir: str, report_dir: str, classifier_version: str,
                         env: dict[str, str]) -> dict[str, Any]:
     """Register the index as a new visual-search version paired with the champion classifier."""
-    return pipeline.run_refresh_step(
+    return run_refresh_step(
         ["register-index", "--index-dir", index_dir, "--classifier-version", classifier_version,
-         "--set", f"index.report_dir={report_dir}"],
-        workspace, env=env, log=_log_lines(), name="register-index")
+         "--set", f"paths.reports_dir={report_dir}"],
+        workspace, env=env, log=log_lines(), name="register-index")
 
 
 @flow(name="index-refresh", log_prints=True)
@@ -82,8 +74,8 @@ def index_refresh(
     logger = get_run_logger()
     ws = str(Path(workspace).resolve())
     run_id = flow_run.id
-    env = pipeline.stage_env(flow_run_id=run_id)
-    with pipeline.workspace_lock(ws, timeout_s=lock_timeout_s, owner=f"index-refresh {run_id}", log=logger.info):
+    env = stage_env(flow_run_id=run_id)
+    with workspace_lock(ws, timeout_s=lock_timeout_s, owner=f"index-refresh {run_id}", log=logger.info):
         imported = import_task(ws, source, bool(source), env)
         try:
             validated = stage_task("validate", ws, env)  # a changed catalogue is validated first
@@ -94,13 +86,11 @@ def index_refresh(
         registered = register_index_task(ws, built["index_dir"], built["report_dir"], champion["version"], env)
 
     if built["metrics"]:
-        create_table_artifact(table=pipeline.metrics_table(built["metrics"]), key="index-refresh-metrics",
+        create_table_artifact(table=metrics_table(built["metrics"]), key="index-refresh-metrics",
                               description="Recall and latency of the rebuilt index")
-    links = pipeline.registry_links({"index": registered["index"], "classifier": registered["classifier"]}, None)
-    for link in links:
-        create_link_artifact(link=link["link"], link_text=link["text"], key=link["key"],
-                             description="MLflow (`make mlflow-ui`)")
-    return {
+    links = registry_links({"index": registered["index"], "classifier": registered["classifier"]}, None)
+    publish_links(links)
+    summary = {
         "flow_run_id": str(run_id) if run_id else None,
         "workspace": ws,
         "imported": imported["imported"],
@@ -112,7 +102,10 @@ def index_refresh(
         "metrics": built["metrics"],
         "links": {link["key"]: link["link"] for link in links},
     }
+    logger.info("== index-refresh finished ==")
+    logger.info("summary: %s", summary)
+    return summary
 
 
 if __name__ == "__main__":
-    print(index_refresh())
+    index_refresh()

@@ -3,91 +3,44 @@ index -> register), one task per stage, each run through ``dvc repro --single-it
 what is up to date. Run it with ``python flows/training_pipeline.py`` (``make run``) on an ephemeral
 Prefect API, or deploy it with ``prefect.yaml``.
 
-The logic lives in :mod:`fashionops.orchestration.pipeline`; this file only wires it into Prefect: logs, retries,
-artifacts and the flow's summary.
+The logic lives in :mod:`fashionops.orchestration` (tasks in :mod:`fashionops.orchestration.tasks`);
+this file only wires it into a flow: parameters, the lock, artifacts and the flow's summary.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-# Prefect's server telemetry heartbeat fails on a busy SQLite store ("database is locked");
-# it is also noise for an offline project. Set before prefect is imported.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The ephemeral API server (no PREFECT_API_URL) may take longer than the 20 s default to start on
-# a busy machine.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# First: it sets this project's Prefect defaults, read when prefect is first imported.
+from fashionops.orchestration.tasks import import_task, publish_links, publish_validation, stage_task  # isort: skip
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-
-from fashionops.orchestration import pipeline  # noqa: E402
-
-STAGE_RETRIES = 2
-RETRY_BACKOFF_S = 10.0
-
-
-def retry_on_transient(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: only I/O or network trouble; never a failed validation or bad params."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the task's own exception, re-raised by result()
-        transient = pipeline.is_transient(exc)
-        get_run_logger().info(
-            "%s: %s", "retrying (transient)" if transient else "not retrying", str(exc).splitlines()[0]
-        )
-        return transient
-    return False
+from fashionops.orchestration.lock import workspace_lock
+from fashionops.orchestration.overrides import apply_overrides, flow_overrides
+from fashionops.orchestration.reports import (
+    collect_reports,
+    metrics_table,
+    mlflow_ui_url,
+    registered_versions,
+    registry_links,
+)
+from fashionops.orchestration.runner import STAGES, experiment_name, save_experiment, stage_env
 
 
-def _log_lines() -> Any:
-    logger = get_run_logger()
-    return lambda line: logger.info("%s", line)
-
-
-@task(name="import-catalogue", retries=STAGE_RETRIES, retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient)
-def import_task(workspace: str, source: str | None, force: bool, env: dict[str, str]) -> dict[str, Any]:
-    """``fashionops import`` when the catalogue is not tracked yet (or a new source was given)."""
-    return pipeline.ensure_raw_data(workspace, source=source, force=force, env=env, log=_log_lines())
-
-
-@task(name="stage", task_run_name="{stage}", retries=STAGE_RETRIES,
-      retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S), retry_jitter_factor=0.5,
-      retry_condition_fn=retry_on_transient)
-def stage_task(stage: str, workspace: str, env: dict[str, str]) -> dict[str, Any]:
-    """One ``dvc.yaml`` stage through ``dvc repro --single-item``, output streamed to the run log."""
-    result = pipeline.run_stage(stage, workspace, env=env, log=_log_lines())
-    get_run_logger().info("stage %s: %s in %.1f s", stage, result["status"], result["seconds"])
-    return result
-
-
-def publish_validation(workspace: str) -> None:
-    reports = pipeline.collect_reports(workspace)
-    if reports["validation"] is not None:
-        create_markdown_artifact(
-            markdown=pipeline.validation_markdown(reports["validation"]), key="validation-summary",
-            description="Great Expectations results (reports/validation/summary.json)",
-        )
-
-
-def publish_results(workspace: str, reports: dict[str, Any]) -> list[dict[str, str]]:
+def publish_results(reports: dict[str, Any]) -> list[dict[str, str]]:
     """Metrics and per-class tables, links to the MLflow run and the registered versions."""
     if reports["metrics"]:
-        create_table_artifact(table=pipeline.metrics_table(reports["metrics"]), key="evaluation-metrics",
+        create_table_artifact(table=metrics_table(reports["metrics"]), key="evaluation-metrics",
                               description="Test-split metrics (reports/evaluate/metrics.json)")
     if reports["per_class"]:
         create_table_artifact(table=reports["per_class"], key="per-class-metrics",
                               description="Per-class precision/recall/F1 (reports/evaluate/per_class.csv)")
-    links = pipeline.registry_links(reports["register"], reports["mlflow_run"])
-    for link in links:
-        create_link_artifact(link=link["link"], link_text=link["text"], key=link["key"],
-                             description="MLflow (`make mlflow-ui`)")
+    links = registry_links(reports["register"], reports["mlflow_run"])
+    publish_links(links)
     if reports["register"] is not None:
         create_markdown_artifact(
             markdown="# Registration\n\n```json\n" + json.dumps(reports["register"], indent=2, default=str) + "\n```",
@@ -143,22 +96,22 @@ def training_pipeline(
     logger = get_run_logger()
     ws = str(Path(workspace).resolve())
     run_id = flow_run.id
-    exp_name = experiment or pipeline.experiment_name(flow_run.name)
-    env = pipeline.stage_env(flow_run_id=run_id, experiment=exp_name)
-    requested = pipeline.flow_overrides(
+    exp_name = experiment or experiment_name(flow_run.name)
+    env = stage_env(flow_run_id=run_id, experiment=exp_name)
+    requested = flow_overrides(
         label=label, min_images_per_class=min_images_per_class, backbone=backbone, preset=preset,
         epochs=epochs, image_height=image_height, image_width=image_width, balance=balance,
         promote=promote, data_limit=data_limit, extra=overrides,
     )
-    with pipeline.workspace_lock(ws, timeout_s=lock_timeout_s, owner=f"flow run {run_id}", log=logger.info):
-        changed = pipeline.apply_overrides(ws, requested)
+    with workspace_lock(ws, timeout_s=lock_timeout_s, owner=f"flow run {run_id}", log=logger.info):
+        changed = apply_overrides(ws, requested)
         if changed:
             logger.info("params.yaml updated: %s", changed)
         data_changed = any(key.startswith("data.") for key in changed)
         imported = import_task(ws, source, data_changed, env)
 
         stages: list[dict[str, Any]] = []
-        for stage in pipeline.STAGES:
+        for stage in STAGES:
             try:
                 stages.append(stage_task(stage, ws, env))
             except Exception:
@@ -167,11 +120,11 @@ def training_pipeline(
                 raise
             if stage == "validate":
                 publish_validation(ws)
-        saved = pipeline.save_experiment(ws, exp_name, env=env, log=logger.info,
-                                         message=f"training-pipeline flow run {run_id}")
+        saved = save_experiment(ws, exp_name, env=env, log=logger.info,
+                                message=f"training-pipeline flow run {run_id}")
 
-    reports = pipeline.collect_reports(ws)
-    links = publish_results(ws, reports)
+    reports = collect_reports(ws)
+    links = publish_results(reports)
     summary = {
         "flow_run_id": str(run_id) if run_id else None,
         "workspace": ws,
@@ -183,23 +136,25 @@ def training_pipeline(
         "skipped": [s["stage"] for s in stages if s["status"] in ("skipped", "restored")],
         "metrics": reports["metrics"],
         "mlflow_run_id": (reports["mlflow_run"] or {}).get("run_id"),
-        "registered": [{"name": n, "version": v} for n, v in pipeline.registered_versions(reports["register"])],
+        "registered": [{"name": n, "version": v} for n, v in registered_versions(reports["register"])],
         "register": reports["register"],
         "links": {link["key"]: link["link"] for link in links},
     }
+    _log_where_to_look(summary)
     return summary
 
 
-def _print_where_to_look(summary: dict[str, Any]) -> None:
-    ws = summary["workspace"]
-    print("\n== training-pipeline finished ==")
-    print(f"stages: {summary['stages']}")
-    print(f"DVC experiment: {summary['dvc_experiment']}  (dvc exp show)")
+def _log_where_to_look(summary: dict[str, Any]) -> None:
+    """The run's final lines: stage statuses and where its experiment, models and reports are."""
+    logger = get_run_logger()
+    logger.info("== training-pipeline finished ==")
+    logger.info("stages: %s", summary["stages"])
+    logger.info("DVC experiment: %s  (dvc exp show)", summary["dvc_experiment"])
     for key, link in summary["links"].items():
-        print(f"{key}: {link}")
-    print(f"MLflow UI: make mlflow-ui, then {pipeline.mlflow_ui_url()}")
-    print(f"reports: {ws}/reports/  (validation/, evaluate/, index/, register/result.json)")
+        logger.info("%s: %s", key, link)
+    logger.info("MLflow UI: make mlflow-ui, then %s", mlflow_ui_url())
+    logger.info("reports: %s/reports/  (validation/, evaluate/, index/, register/result.json)", summary["workspace"])
 
 
 if __name__ == "__main__":
-    _print_where_to_look(training_pipeline())
+    training_pipeline()

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashionops.tracking import tracking_uri
 
     params = load_params(a.params)
-    uri = tracking_uri(params)  # MLFLOW_TRACKING_URI wins over params
+    uri = tracking_uri(params.tracking)  # MLFLOW_TRACKING_URI wins over params
     images = [str(Path(f).resolve()) for f in (a.images or default_images(a.n))]
     missing = [f for f in images if not Path(f).is_file()]
     if missing:

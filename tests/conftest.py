@@ -71,19 +71,13 @@ def params_for(workdir: Path, catalogue: Path | None = None, overrides: list[str
     w = Path(workdir)
     raw = str(catalogue) if catalogue else str(w / "data/raw")
     paths = [
-        f"data.raw_dir={raw}",
-        f"validate.data_dir={raw}",
-        f"validate.facts_path={w / 'data/validated/image_facts.parquet'}",
-        f"validate.report_dir={w / 'reports/validation'}",
-        f"validate.gx_dir={REPO / 'gx'}",
-        f"prepare.out_dir={w / 'data/prepared'}",
-        f"prepare.report_path={w / 'reports/prepare/summary.json'}",
-        f"train.out_dir={w / 'models/classifier'}",
-        f"train.report_dir={w / 'reports/train'}",
-        f"evaluate.out_dir={w / 'reports/evaluate'}",
-        f"index.out_dir={w / 'models/index'}",
-        f"index.report_dir={w / 'reports/index'}",
-        f"register.out_path={w / 'reports/register/result.json'}",
+        f"paths.raw_dir={raw}",
+        f"paths.gx_dir={REPO / 'gx'}",
+        f"paths.facts={w / 'data/validated/image_facts.parquet'}",
+        f"paths.prepared_dir={w / 'data/prepared'}",
+        f"paths.classifier_dir={w / 'models/classifier'}",
+        f"paths.index_dir={w / 'models/index'}",
+        f"paths.reports_dir={w / 'reports'}",
         f"tracking.tracking_uri=sqlite:///{w / 'mlflow/mlflow.db'}",
         f"tracking.artifact_location={w / 'mlflow/artifacts'}",
     ]
@@ -107,15 +101,15 @@ def tiny_pipeline(tmp_path_factory, small_catalogue):
 
     Read-only for tests: copy the outputs if a test must change them.
     """
-    from fashionops.evaluation.stage import run_evaluate
-    from fashionops.search.index import run_index
     from fashionops.data.prepare import run_prepare
+    from fashionops.evaluation.stage import run_evaluate
+    from fashionops.search.stage import run_index
     from fashionops.training.stage import run_train
 
     work = tmp_path_factory.mktemp("tiny_pipeline")
     params = params_for(work, small_catalogue, TINY_TRAIN)
-    run_prepare(params)
-    run_train(params, resume=False)
-    run_evaluate(params, model_uri=None, data_dir=None)
-    run_index(params)
+    run_prepare(params.prepare, params.paths)
+    run_train(params.train, params.paths, params.tracking, balance=params.prepare.balance, run_config=params.flat())
+    run_evaluate(params.evaluate, params.paths, params.tracking)
+    run_index(params.index, params.paths, params.tracking, label=params.prepare.label)
     return params

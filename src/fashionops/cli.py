@@ -10,10 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fashionops.config import Params, dump_params, list_presets, load_params
 from fashionops.errors import FashionOpsError
+from fashionops.logs import configure_logging
 
 
 def _print_json(obj: Any) -> None:
@@ -23,67 +25,93 @@ def _print_json(obj: Any) -> None:
 def cmd_import(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.data.catalogue import import_catalogue
 
-    return import_catalogue(p, source=a.source, track=not a.no_dvc)
+    return import_catalogue(p.data, p.paths, source=a.source, track=not a.no_dvc,
+                            max_examples=p.validate.max_examples)
 
 
 def cmd_validate(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.data.validate import run_validate
+    from fashionops.data.validation import run_validate
 
-    return run_validate(p, data_dir=a.data)
+    return run_validate(p.validate, p.paths, label=p.prepare.label, data_dir=a.data)
 
 
 def cmd_prepare(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.data.prepare import run_prepare
 
-    return run_prepare(p)
+    return run_prepare(p.prepare, p.paths)
 
 
 def cmd_train(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.training.stage import run_train
+    from fashionops.training.stage import CHECKPOINT_DIR, run_train
 
-    return run_train(p, resume=a.resume)
+    metrics = run_train(p.train, p.paths, p.tracking, balance=p.prepare.balance, resume=a.resume,
+                        run_config=p.flat())
+    if metrics:  # empty on the non-zero ranks of a multi-process run
+        model_dir = Path(p.paths.classifier_dir)
+        _print_summary("fashionops train: summary", metrics, {
+            "model": str(model_dir), "checkpoints": str(model_dir / CHECKPOINT_DIR),
+            "metrics": str(p.paths.reports("train") / "metrics.json"),
+            "history": str(p.paths.reports("train") / "history.csv"),
+        })
+    return metrics
+
+
+def _print_summary(title: str, metrics: dict[str, Any], outputs: dict[str, str]) -> None:
+    """One screen at the end of training: where it ran, how well, where the outputs are."""
+    line = "=" * 72
+    out = [line, title, line]
+    for key in ("device", "precision", "model", "epochs_run", "best_epoch", "best_val_macro_f1", "best_val_acc",
+                "best_val_loss", "seconds", "images_per_s", "mlflow_run_id"):
+        value = metrics.get(key)
+        if value is not None:
+            out.append(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
+    out.append("  outputs:")
+    for key, path in outputs.items():
+        out.append(f"    {key:<18} {path}")
+    out.append(line)
+    print("\n".join(out), flush=True)
 
 
 def cmd_evaluate(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.evaluation.stage import run_evaluate
 
-    return run_evaluate(p, model_uri=a.model_uri, data_dir=a.data)
+    return run_evaluate(p.evaluate, p.paths, p.tracking, model_uri=a.model_uri, data_dir=a.data)
 
 
 def cmd_index(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.search.index import run_index
+    from fashionops.search.stage import run_index
 
-    return run_index(p)
+    return run_index(p.index, p.paths, p.tracking, label=p.prepare.label)
 
 
 def cmd_search(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.search.index import search_images
+    from fashionops.search.stage import search_images
 
-    return search_images(p, a.images, k=a.k, index_dir=a.index_dir)
+    return search_images(p.index, p.paths, a.images, k=a.k, index_dir=a.index_dir, max_pixels=p.serve.max_pixels)
 
 
 def cmd_register(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.registry.register import run_register
 
-    return run_register(p)
+    return run_register(p.register, p.paths, p.tracking, embedder_dir=p.index.embedder_dir, run_config=p.flat())
 
 
 def cmd_promote(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry.register import promote
+    from fashionops.registry.aliases import promote
 
-    return promote(p, version=a.version, reason=a.reason)
+    return promote(p.register, p.tracking, version=a.version, reason=a.reason)
 
 
 def cmd_rollback(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry.register import rollback
+    from fashionops.registry.aliases import rollback
 
-    return rollback(p, reason=a.reason)
+    return rollback(p.register, p.tracking, reason=a.reason)
 
 
 def cmd_pull(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.registry.register import pull
+    from fashionops.registry.pull import pull
 
-    return pull(p, alias=a.alias, dest=a.dest)
+    return pull(p.register, p.tracking, alias=a.alias, dest=a.dest)
 
 
 def cmd_predict(p: Params, a: argparse.Namespace) -> Any:
@@ -108,12 +136,38 @@ def cmd_params(p: Params, a: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_gx_init(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.data.validation.context import init_gx_context
+
+    return {"gx_dir": str(init_gx_context(a.gx_dir or p.paths.gx_dir))}
+
+
+def cmd_refresh_fetch_champion(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.orchestration.refresh import fetch_champion, format_result
+
+    # One `RESULT {json}` line: what the index-refresh flow reads back (refresh.result_line).
+    print(format_result(fetch_champion(p.register, p.tracking, a.dest, a.alias)))
+    return None
+
+
+def cmd_refresh_register_index(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.orchestration.refresh import format_result
+    from fashionops.registry.register import register_index_for
+
+    print(format_result(register_index_for(p.register, p.index, p.paths, p.tracking, a.index_dir,
+                                           a.classifier_version)))
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionops", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level of fashionops' own messages (default: $FASHIONOPS_LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[Params, argparse.Namespace], Any], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+    def add(name: str, func: Callable[[Params, argparse.Namespace], Any], help_: str,
+            parent: argparse._SubParsersAction[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+        sp = (parent or sub).add_parser(name, help=help_, description=help_)
         sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
         sp.add_argument(
             "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -127,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-dvc", action="store_true", help="copy only; do not run `dvc add`")
 
     sp = add("validate", cmd_validate, "run the Great Expectations suites on a catalogue")
-    sp.add_argument("--data", help="catalogue directory (default: validate.data_dir)")
+    sp.add_argument("--data", help="catalogue directory (default: paths.raw_dir)")
 
-    add("prepare", cmd_prepare, "filter, encode labels, split without duplicate leakage, balance, build the image cache")
+    add("prepare", cmd_prepare,
+        "filter, encode labels, split without duplicate leakage, balance, build the image cache")
 
     sp = add("train", cmd_train, "train the classifier (or autoencoder) with Lightning")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -143,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("search", cmd_search, "visual search: print the most similar catalogue items as JSON")
     sp.add_argument("images", nargs="+", help="image files")
     sp.add_argument("--k", type=int, default=5)
-    sp.add_argument("--index-dir", help="index directory (default: index.out_dir)")
+    sp.add_argument("--index-dir", help="index directory (default: paths.index_dir)")
 
     add("register", cmd_register, "register classifier and index; move @champion if better")
 
@@ -169,11 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("params", cmd_params, "print the effective configuration")
     sp.add_argument("--presets", action="store_true", help="list the shipped presets")
+
+    sp = add("gx-init", cmd_gx_init, "(re)create the Great Expectations context (suites, data source) in gx/")
+    sp.add_argument("--gx-dir", help="directory to create (default: paths.gx_dir)")
+
+    help_ = "the MLflow steps of the index-refresh flow (run in the workspace)"
+    steps = sub.add_parser("refresh", help=help_, description=help_).add_subparsers(
+        dest="step", required=True, metavar="STEP")
+    sp = add("fetch-champion", cmd_refresh_fetch_champion,
+             "download the classifier version holding an alias; prints RESULT {json}", steps)
+    sp.add_argument("--dest", required=True, help="directory to download into (replaced)")
+    sp.add_argument("--alias", default="champion")
+    sp = add("register-index", cmd_refresh_register_index,
+             "register an index paired with a classifier version; prints RESULT {json}", steps)
+    sp.add_argument("--index-dir", required=True)
+    sp.add_argument("--classifier-version", required=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         params = load_params(args.params, args.overrides)
         result = args.func(params, args)

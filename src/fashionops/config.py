@@ -1,7 +1,9 @@
 """One typed configuration for every stage, loaded from ``params.yaml``.
 
-``params.yaml`` is sectioned by stage (``data``, ``validate``, ``prepare``, ``train``,
-``evaluate``, ``index``, ``register``, ``serve``) plus ``tracking``. Every section is a
+``params.yaml`` has ``paths`` (where every stage reads and writes), one section per stage
+(``data``, ``validate``, ``prepare``, ``train``, ``evaluate``, ``index``, ``register``,
+``serve``) and ``tracking``. A stage function takes only the sections it reads plus ``paths``,
+so its signature says which params it depends on (``dvc.yaml`` declares the same). Every section is a
 pydantic model that forbids unknown keys, so a typo is an error naming ``section.key``.
 ``--set section.key=value`` overrides go through the same validation.
 A ``train.preset`` names a file in ``fashionops/presets/``; its sections are applied over
@@ -31,11 +33,33 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class PathsConfig(Section):
+    """Where the stages read and write, relative to the workspace (``configs/paths`` of
+    lightning-hydra-template). Each stage gets this section beside the sections it reads;
+    ``dvc.yaml`` interpolates the same values (``${paths.prepared_dir}``)."""
+
+    raw_dir: str = "data/raw"  # the imported catalogue (styles.csv + images/)
+    gx_dir: str = "gx"  # the Great Expectations file context
+    facts: str = "data/validated/image_facts.parquet"  # per-image facts of a validated catalogue
+    prepared_dir: str = "data/prepared"  # the split, labels and uint8 image cache
+    classifier_dir: str = "models/classifier"  # the trained model (weights + model_spec.json)
+    index_dir: str = "models/index"  # the visual-search index
+    reports_dir: str = "reports"  # each stage reports into <reports_dir>/<stage>/
+
+    def reports(self, stage: str) -> Path:
+        """The report folder of ``stage`` (``validation``, ``prepare``, ``train``, ...)."""
+        return Path(self.reports_dir) / stage
+
+    @property
+    def run_file(self) -> Path:
+        """The MLflow run of this pipeline run: written by ``train``, reopened by the later stages."""
+        return self.reports("train") / "mlflow_run.json"
+
+
 class DataConfig(Section):
-    """``import`` stage: where the catalogue comes from and where it lands."""
+    """``import`` stage: where the catalogue comes from (it lands in ``paths.raw_dir``)."""
 
     source: str | None = None  # else $FASHION_DATA, else ../shared/..., else Kaggle download
-    raw_dir: str = "data/raw"
     limit: int | None = Field(default=None, ge=1)  # stratified sample of N images
     stratify_by: str = "articleType"
     seed: int = 42
@@ -46,10 +70,6 @@ class DataConfig(Section):
 class ValidateConfig(Section):
     """``validate`` stage: Great Expectations suites over metadata and per-image facts."""
 
-    data_dir: str = "data/raw"
-    facts_path: str = "data/validated/image_facts.parquet"
-    report_dir: str = "reports/validation"
-    gx_dir: str = "gx"
     required_columns: list[str] = ["id", "gender", "masterCategory", "subCategory", "articleType"]
     genders: list[str] = ["Men", "Women", "Unisex", "Boys", "Girls"]
     year_min: int = 1990
@@ -84,8 +104,6 @@ class PrepareConfig(Section):
     image_height: int = Field(default=80, ge=8)
     image_width: int = Field(default=60, ge=8)
     workers: int = Field(default=2, ge=1)
-    out_dir: str = "data/prepared"
-    report_path: str = "reports/prepare/summary.json"
 
 
 class AugmentConfig(Section):
@@ -136,14 +154,11 @@ class TrainConfig(Section):
     cpu_threads: int | None = Field(default=None, ge=1)  # torch threads on CPU; None: every core allowed
     seed: int = 42
     limit_batches: float | int | None = None  # for smoke runs: limit train/val/test batches
-    out_dir: str = "models/classifier"
-    report_dir: str = "reports/train"  # metrics.json + history.csv
 
 
 class EvaluateConfig(Section):
     """``evaluate`` stage: test-split metrics and plots."""
 
-    out_dir: str = "reports/evaluate"
     batch_size: int = Field(default=256, ge=1)
     top_misclassified: int = Field(default=20, ge=1)
 
@@ -152,7 +167,7 @@ class IndexConfig(Section):
     """``index`` stage: embeddings and Annoy index with recall-targeted tuning."""
 
     embedder: Literal["classifier", "autoencoder"] = "classifier"
-    embedder_dir: str | None = None  # None: train.out_dir
+    embedder_dir: str | None = None  # None: paths.classifier_dir
     metric: Literal["angular", "euclidean", "manhattan", "hamming", "dot"] = "angular"
     n_trees: int = Field(default=50, ge=1)
     search_k: int = -1  # -1: tuned to reach recall_target
@@ -163,8 +178,6 @@ class IndexConfig(Section):
     max_trees: int = Field(default=200, ge=1)
     seed: int = 42
     batch_size: int = Field(default=256, ge=1)
-    out_dir: str = "models/index"
-    report_dir: str = "reports/index"
     retrieval_queries: int = Field(default=8, ge=1)
     # SVD projection to this many dimensions before Annoy (fitted on the catalogue, applied to
     # queries); None: index the embeddings as they are. Chosen by measurement (benchmarks/bench_index.py).
@@ -190,8 +203,7 @@ class RegisterConfig(Section):
     selection_metric: str = "test_macro_f1"
     min_delta: float = 0.0
     promote: bool = True
-    out_path: str = "reports/register/result.json"
-    metrics_path: str | None = None  # None: <evaluate.out_dir>/metrics.json
+    metrics_path: str | None = None  # None: <paths.reports_dir>/evaluate/metrics.json
 
 
 class ServeConfig(Section):
@@ -201,9 +213,9 @@ class ServeConfig(Section):
     port: int = 8000
     alias: str = "champion"
     model_dir: str | None = None  # a `fashionops pull` directory instead of the registry
-    # auto: model_dir if set, else the registry alias, else train.out_dir + index.out_dir (dev)
+    # auto: model_dir if set, else the registry alias, else paths.classifier_dir + paths.index_dir (dev)
     source: Literal["auto", "registry", "dir", "local"] = "auto"
-    images_dir: str | None = None  # catalogue images; None: <data.raw_dir>/images
+    images_dir: str | None = None  # catalogue images; None: <paths.raw_dir>/images
     # torch threads per forward pass in `fashionops serve` (0: torch's default); passes run in
     # parallel up to cores // threads
     torch_threads: int = Field(default=1, ge=0)
@@ -228,6 +240,7 @@ warnings.filterwarnings("ignore", message='Field name "(validate|register)"', ca
 
 
 class Params(Section):
+    paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     validate: ValidateConfig = ValidateConfig()  # type: ignore[assignment]
     prepare: PrepareConfig = PrepareConfig()
@@ -244,17 +257,22 @@ class Params(Section):
 
     def flat(self) -> dict[str, Any]:
         """``section.key`` -> value, for logging as MLflow params."""
-        out: dict[str, Any] = {}
+        return flatten(self.to_dict())
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict) and value:
-                for key, sub in value.items():
-                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
-            else:
-                out[prefix] = value
 
-        walk("", self.to_dict())
-        return out
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (nested keys joined with dots)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        else:
+            out[prefix] = value
+
+    walk("", tree)
+    return out
 
 
 def list_presets() -> list[str]:

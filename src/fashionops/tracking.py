@@ -1,7 +1,9 @@
 """MLflow tracking: where runs go, which run a pipeline writes to, and the tags a reviewer needs.
 
-One MLflow run per pipeline run: ``train`` creates it and records its id in
-``<train.out_dir>/run.json``; ``evaluate``, ``index`` and ``register`` reopen that run.
+One MLflow run per pipeline run: ``train`` creates it and records its id in ``paths.run_file``
+(``reports/train/mlflow_run.json``, an output of the DVC ``train`` stage); ``evaluate``,
+``index`` and ``register`` reopen that run (:func:`pipeline_run`). Every function takes the
+``tracking`` section and, where it needs locations, ``paths``.
 """
 
 from __future__ import annotations
@@ -9,17 +11,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fashionops.config import Params
-
-RUN_FILE = "run.json"
-
+from fashionops.config import PathsConfig, TrackingConfig
 
 # MLflow's own set_tracking_uri() also writes MLFLOW_TRACKING_URI into the environment (and
 # Lightning's MLFlowLogger calls it), so "the variable is set" does not mean a user chose a
@@ -63,25 +62,25 @@ def _absolute(uri: str) -> str:
     return uri
 
 
-def tracking_uri(params: Params) -> str:
+def tracking_uri(tracking: TrackingConfig) -> str:
     """``MLFLOW_TRACKING_URI`` if a user set it, else ``tracking.tracking_uri`` (SQLite made absolute)."""
-    return _absolute(_user_env_uri() or params.tracking.tracking_uri)
+    return _absolute(_user_env_uri() or tracking.tracking_uri)
 
 
-def is_embedded(params: Params) -> bool:
+def is_embedded(tracking: TrackingConfig) -> bool:
     """True for the embedded default (the params' SQLite store, no server)."""
-    return _user_env_uri() is None and params.tracking.tracking_uri.startswith("sqlite:")
+    return _user_env_uri() is None and tracking.tracking_uri.startswith("sqlite:")
 
 
-def configure(params: Params) -> str:
+def configure(tracking: TrackingConfig) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; returns its id.
 
     The environment is left as it was (MLflow's setters would export the URI to it).
     """
     import mlflow
 
-    uri = tracking_uri(params)
-    embedded = is_embedded(params)
+    uri = tracking_uri(tracking)
+    embedded = is_embedded(tracking)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -90,13 +89,13 @@ def configure(params: Params) -> str:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    name = params.tracking.experiment
+    name = tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         location = None
         if embedded:
             # Embedded default: artifacts next to the SQLite store, not in ./mlruns.
-            location = Path(params.tracking.artifact_location).resolve().as_uri()
+            location = Path(tracking.artifact_location).resolve().as_uri()
         try:
             return mlflow.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:
@@ -162,7 +161,7 @@ def flow_run_id() -> str | None:
     return None
 
 
-def run_tags(params: Params) -> dict[str, str]:
+def run_tags(paths: PathsConfig) -> dict[str, str]:
     """Tags that let a reviewer trace a run to code, data and orchestration.
 
     ``git_commit``/``git_dirty``; ``dvc_raw_data_md5``/``dvc_prepared_md5`` from ``dvc.lock``
@@ -175,7 +174,7 @@ def run_tags(params: Params) -> dict[str, str]:
         tags["git_commit"] = commit
         tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
     hashes = dvc_hashes()
-    for path, key in ((params.data.raw_dir, "dvc_raw_data_md5"), (params.prepare.out_dir, "dvc_prepared_md5")):
+    for path, key in ((paths.raw_dir, "dvc_raw_data_md5"), (paths.prepared_dir, "dvc_prepared_md5")):
         md5 = hashes.get(_norm_path(path)) or hashes.get(str(path))
         if md5:
             tags[key] = md5
@@ -187,41 +186,43 @@ def run_tags(params: Params) -> dict[str, str]:
     return tags
 
 
-def write_run_file(out_dir: str | Path, run_id: str, experiment_id: str, uri: str) -> Path:
-    path = Path(out_dir) / RUN_FILE
+def write_run_file(path: str | Path, run_id: str, experiment_id: str, uri: str) -> Path:
+    """Record the pipeline's MLflow run (``paths.run_file``) so the later stages reopen it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri}, indent=2))
     return path
 
 
-def read_run_file(out_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(out_dir) / RUN_FILE
+def read_run_file(path: str | Path) -> dict[str, Any] | None:
+    """The run recorded by :func:`write_run_file`, or None when there is none."""
+    path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 @contextmanager
-def pipeline_run(params: Params) -> Iterator[Any]:
-    """Reopen the run that ``train`` created (``run.json``), or start a new one if there is none.
+def pipeline_run(tracking: TrackingConfig, paths: PathsConfig) -> Iterator[Any]:
+    """Reopen the run that ``train`` created (``paths.run_file``), or start a new one if there is none.
 
     Either way the run gets the current :func:`run_tags` (a later stage may know more, e.g.
     the DVC hash of the prepared split once ``dvc.lock`` has it).
     """
     import mlflow
 
-    experiment_id = configure(params)
-    info = read_run_file(params.train.out_dir)
+    experiment_id = configure(tracking)
+    info = read_run_file(paths.run_file)
     if info and _run_exists(info["run_id"]):
         with mlflow.start_run(run_id=info["run_id"]) as run:
-            mlflow.set_tags(run_tags(params))
+            mlflow.set_tags(run_tags(paths))
             yield run
     else:
-        with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(params)) as run:
+        with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(paths)) as run:
             yield run
 
 
-def log_params_flat(params: Params) -> None:
-    """Log the whole flattened configuration; keys already logged with the same value are skipped
-    (MLflow params are immutable, so a different value is logged as a tag ``param_changed.<key>``)."""
+def log_params_flat(flat: dict[str, Any]) -> None:
+    """Log a flattened configuration (``Params.flat()``); keys already logged with the same value are
+    skipped (MLflow params are immutable, so a different value is logged as a tag ``param_changed.<key>``)."""
     import mlflow
 
     run = mlflow.active_run()
@@ -229,7 +230,7 @@ def log_params_flat(params: Params) -> None:
         return
     logged = mlflow.get_run(run.info.run_id).data.params
     new: dict[str, str] = {}
-    for key, value in params.flat().items():
+    for key, value in flat.items():
         text = str(value)[:6000]
         if key not in logged:
             new[key] = text
@@ -274,16 +275,24 @@ def log_artifacts_if_present(paths: list[str | Path], artifact_path: str | None 
     return logged
 
 
-def model_card(params: Params, metrics: dict[str, float], tags: dict[str, str],
-               extra: dict[str, Any] | None = None) -> str:
-    """A short markdown model card: what was trained on what, how well, and how to use it."""
-    t = params.train
+def model_card(name: str, spec: Mapping[str, Any], run_params: Mapping[str, str], metrics: dict[str, float],
+               tags: dict[str, str], extra: dict[str, Any] | None = None) -> str:
+    """A short markdown model card: what was trained on what, how well, and how to use it.
+
+    ``name``: the registered classifier; ``spec``: its ``model_spec.json``; ``run_params``: the
+    params logged in its training run (``train.epochs``, ``prepare.balance``, ...), so the card
+    describes the training that made the weights, not today's params.yaml.
+    """
+    def trained(key: str) -> str:
+        return run_params.get(key, "?")
+
     lines = [
-        f"# {params.register.classifier_name}",
+        f"# {name}",
         "",
-        f"Classifier of `{params.prepare.label}` on Fashion Product Images (Small), "
-        f"{t.backbone} (pretrained: {t.pretrained}, attention: {t.attention}, head: {t.head}), "
-        f"{t.epochs} epoch(s), batch {t.batch_size}, lr {t.lr}, balance: {params.prepare.balance}.",
+        f"Classifier of `{spec.get('label_column')}` on Fashion Product Images (Small), "
+        f"{spec.get('backbone')} (pretrained: {spec.get('pretrained')}, attention: {spec.get('attention')}, "
+        f"head: {spec.get('head')}), {trained('train.epochs')} epoch(s), batch {trained('train.batch_size')}, "
+        f"lr {trained('train.lr')}, balance: {trained('prepare.balance')}.",
         "",
         "## Metrics (test split)",
         "",
@@ -303,7 +312,7 @@ def model_card(params: Params, metrics: dict[str, float], tags: dict[str, str],
         "",
         "```python",
         "import mlflow, pandas as pd",
-        f'model = mlflow.pyfunc.load_model("models:/{params.register.classifier_name}@champion")',
+        f'model = mlflow.pyfunc.load_model("models:/{name}@champion")',
         'model.predict(pd.DataFrame({"image": [open("shirt.jpg", "rb").read()]}), params={"top_k": 3})',
         "```",
         "",

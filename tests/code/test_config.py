@@ -22,6 +22,18 @@ def test_repo_params_file_is_valid_and_complete():
         assert set(on_disk[section]) == set(values), section
 
 
+def test_paths_section_holds_every_location():
+    params = load_params(REPO / "params.yaml", ["paths.reports_dir=out", "paths.prepared_dir=/tmp/p"])
+    assert params.paths.reports("train") == Path("out/train")
+    assert params.paths.run_file == Path("out/train/mlflow_run.json")
+    assert params.paths.prepared_dir == "/tmp/p"
+    # the locations live only in `paths` now: the old per-stage keys are unknown
+    for old in ("data.raw_dir", "validate.facts_path", "prepare.out_dir", "train.out_dir", "train.report_dir",
+                "evaluate.out_dir", "index.out_dir", "index.report_dir", "register.out_path"):
+        with pytest.raises(ConfigError, match=f"{old}: unknown key"):
+            load_params(REPO / "params.yaml", [f"{old}=x"])
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [

@@ -49,7 +49,8 @@ def test_read_styles_repairs_the_original_kaggle_file(tmp_path):
         "15970,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt\n"
         "11991,Men,Apparel,Topwear,Tshirts,Black,Summer,2011,Casual,Myntra Men's Yes, its all about me Black T-shirt\n"
         "4311,Women,Footwear,Shoes,Heels,NA,,,NA,NA\n"
-        "12,Men,Accessories,Ties,Ties,Pink,Fall,2012,Formal,Turtle Men Formal Pink Tie, Cufflink and Pocket Square Set\n"
+        "12,Men,Accessories,Ties,Ties,Pink,Fall,2012,Formal,"
+        "Turtle Men Formal Pink Tie, Cufflink and Pocket Square Set\n"
         "\n"
         '7,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,"Quoted, like the clean copy"\n'
     )
@@ -140,8 +141,8 @@ def test_import_converts_folder_layout(tmp_path, shared_catalogue, shared_styles
     root = tmp_path / "folders"
     _folder_catalogue(root, shared_catalogue, shared_styles)
     params = params_for(tmp_path / "work")
-    result = import_catalogue(params, source=str(root), track=False)
-    raw = Path(params.data.raw_dir)
+    result = import_catalogue(params.data, params.paths, source=str(root), track=False)
+    raw = Path(params.paths.raw_dir)
     assert result["rows"] == result["images"] == 5 and result["converted_png"] == 1
     assert result["dvc_file"] is None
     again = load_catalogue(raw)
@@ -171,13 +172,24 @@ def test_import_with_limit_samples_by_class(tmp_path, shared_catalogue, shared_s
     cat = _kaggle_subset(tmp_path / "cat", shared_catalogue,
                          _real_rows(shared_styles, {"Tshirts": 12, "Watches": 6, "Heels": 2}))
     params = params_for(tmp_path / "work", overrides=["data.limit=10"])
-    result = import_catalogue(params, source=str(cat), track=False)
-    styles = pd.read_csv(Path(params.data.raw_dir) / "styles.csv")
+    result = import_catalogue(params.data, params.paths, source=str(cat), track=False)
+    styles = pd.read_csv(Path(params.paths.raw_dir) / "styles.csv")
     assert result["rows"] == 10 and result["source_rows"] == 20
     assert styles["articleType"].value_counts().to_dict() == {"Tshirts": 6, "Watches": 3, "Heels": 1}
-    assert sorted(p.name for p in (Path(params.data.raw_dir) / "images").iterdir()) == sorted(
+    assert sorted(p.name for p in (Path(params.paths.raw_dir) / "images").iterdir()) == sorted(
         f"{i}.jpg" for i in styles["id"]
     )
+
+
+def test_import_counts_missing_images_and_lists_the_first_few(tmp_path, shared_catalogue, shared_styles):
+    cat = _kaggle_subset(tmp_path / "cat", shared_catalogue, _real_rows(shared_styles, {"Watches": 5}))
+    gone = sorted(int(p.stem) for p in (cat / "images").glob("*.jpg"))[:3]
+    for image_id in gone:
+        (cat / "images" / f"{image_id}.jpg").unlink()
+    params = params_for(tmp_path / "work")
+    result = import_catalogue(params.data, params.paths, source=str(cat), track=False, max_examples=2)
+    assert result["rows"] == 5 and result["images"] == 2 and result["missing_images"] == 3
+    assert len(result["missing_ids"]) == 2 and set(result["missing_ids"]) <= set(gone)
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -203,8 +215,8 @@ def test_import_tracks_with_dvc_push_and_pull(tmp_path, shared_catalogue, shared
         with dvc_repo.config.edit() as conf:
             conf["remote"]["store"] = {"url": str(tmp_path / "remote")}
             conf["core"]["remote"] = "store"
-    params = params_for(repo, overrides=[f"data.raw_dir={repo / 'data' / 'raw'}"])
-    result = import_catalogue(params, source=str(cat), track=True)
+    params = params_for(repo, overrides=[f"paths.raw_dir={repo / 'data' / 'raw'}"])
+    result = import_catalogue(params.data, params.paths, source=str(cat), track=True)
     assert result["dvc_file"] == str(repo / "data" / "raw.dvc") and Path(result["dvc_file"]).is_file()
     assert "raw" in (repo / "data" / ".gitignore").read_text()
     with Repo(str(repo)) as dvc_repo:
@@ -227,8 +239,8 @@ def test_import_without_dvc_repo_is_a_clear_error(tmp_path, shared_catalogue, sh
     cat = _kaggle_subset(tmp_path / "cat", shared_catalogue, _real_rows(shared_styles, {"Watches": 2}))
     params = params_for(tmp_path / "work")
     with pytest.raises(DataError, match="dvc init"):
-        import_catalogue(params, source=str(cat), track=True)
-    assert not Path(params.data.raw_dir).exists()
+        import_catalogue(params.data, params.paths, source=str(cat), track=True)
+    assert not Path(params.paths.raw_dir).exists()
 
 
 def test_resolve_source_order(tmp_path, monkeypatch):
@@ -245,13 +257,13 @@ def test_resolve_source_order(tmp_path, monkeypatch):
     monkeypatch.setenv("FASHION_DATA", str(dirs["env"]))
     with_param = params_for(tmp_path / "w", overrides=[f"data.source={dirs['param']}"])
     plain = params_for(tmp_path / "w")
-    assert resolve_source(with_param, str(dirs["arg"])) == dirs["arg"].resolve()
-    assert resolve_source(with_param, None) == dirs["param"].resolve()
-    assert resolve_source(plain, None) == dirs["env"].resolve()
+    assert resolve_source(with_param.data, str(dirs["arg"])) == dirs["arg"].resolve()
+    assert resolve_source(with_param.data, None) == dirs["param"].resolve()
+    assert resolve_source(plain.data, None) == dirs["env"].resolve()
     monkeypatch.delenv("FASHION_DATA")
-    assert resolve_source(plain, None) == shared.resolve()
+    assert resolve_source(plain.data, None) == shared.resolve()
     with pytest.raises(DataError, match="--source: catalogue directory not found"):
-        resolve_source(plain, str(tmp_path / "nope"))
+        resolve_source(plain.data, str(tmp_path / "nope"))
 
 
 def test_no_source_error_says_how_to_get_the_data(tmp_path, monkeypatch):
@@ -259,8 +271,8 @@ def test_no_source_error_says_how_to_get_the_data(tmp_path, monkeypatch):
     monkeypatch.delenv("FASHION_DATA", raising=False)
     params = params_for(tmp_path / "w", overrides=["data.download=false"])
     with pytest.raises(DataError, match=r"--source DIR.*\$FASHION_DATA"):
-        resolve_source(params, None)
+        resolve_source(params.data, None)
     if importlib.util.find_spec("kagglehub") is None and importlib.util.find_spec("kaggle") is None:
         # Without kagglehub/kaggle the download fallback explains what to install (no network).
         with pytest.raises(DataError, match="kagglehub"):
-            resolve_source(params_for(tmp_path / "w"), None)
+            resolve_source(params_for(tmp_path / "w").data, None)

@@ -13,16 +13,20 @@ import pytest
 
 from conftest import params_for
 from fashionops.config import ConfigError
-from fashionops.errors import DataError
 from fashionops.data.imaging import load_rgb, resize_rgb
 from fashionops.data.prepare import run_prepare, select_classes, split_groups
+from fashionops.errors import DataError
 
 BASE = ["prepare.min_images_per_class=10", "prepare.workers=1"]
 
 
 def _params(work: Path, catalogue: Path, extra: list[str] | None = None):
-    overrides = BASE + [f"prepare.report_path={work / 'reports/prepare/summary.json'}"] + list(extra or [])
-    return params_for(work, catalogue, overrides)
+    return params_for(work, catalogue, BASE + list(extra or []))
+
+
+def prepare(params):
+    """The stage as the CLI calls it: its section and the paths."""
+    return run_prepare(params.prepare, params.paths)
 
 
 def _derived_catalogue(dest: Path, source: Path, styles: pd.DataFrame) -> Path:
@@ -34,12 +38,12 @@ def _derived_catalogue(dest: Path, source: Path, styles: pd.DataFrame) -> Path:
 
 
 def _load(params):
-    out = Path(params.prepare.out_dir)
+    out = Path(params.paths.prepared_dir)
     index = pd.read_parquet(out / "index.parquet")
     images = np.load(out / "images.npy", mmap_mode="r")
     labels = json.loads((out / "labels.json").read_text())
     weights = json.loads((out / "class_weights.json").read_text())["weights"]
-    summary = json.loads(Path(params.prepare.report_path).read_text())
+    summary = json.loads((params.paths.reports("prepare") / "summary.json").read_text())
     return index, images, labels, weights, summary
 
 
@@ -57,7 +61,7 @@ def small_catalogue(tmp_path_factory, small_catalogue, shared_styles) -> Path:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, small_catalogue):
     params = _params(tmp_path_factory.mktemp("prepared"), small_catalogue)
-    result = run_prepare(params)
+    result = prepare(params)
     return params, result
 
 
@@ -92,7 +96,7 @@ def test_outputs_follow_the_contract(prepared, small_catalogue):
     assert summary["n_images"] == len(styles)
     assert sum(summary["split_counts"].values()) == len(styles)
     assert summary["images_per_s"] > 0
-    assert not list(Path(params.prepare.out_dir).parent.glob(".prepared.*"))  # no temp left behind
+    assert not list(Path(params.paths.prepared_dir).parent.glob(".prepared.*"))  # no temp left behind
 
 
 def test_split_is_stratified(prepared):
@@ -109,13 +113,13 @@ def test_deterministic_for_a_seed_and_across_worker_counts(prepared, tmp_path, s
     params, _ = prepared
     index, images, *_ = _load(params)
     again = _params(tmp_path / "a", small_catalogue, ["prepare.workers=2"])
-    run_prepare(again)
+    prepare(again)
     index2, images2, *_ = _load(again)
     pd.testing.assert_frame_equal(index, index2)
     assert np.array_equal(images, images2)
 
     other = _params(tmp_path / "b", small_catalogue, ["prepare.seed=7"])
-    run_prepare(other)
+    prepare(other)
     index3, *_ = _load(other)
     assert (index3["split"] != index["split"]).any()
 
@@ -134,7 +138,7 @@ def test_min_images_include_exclude_and_class_weights(tmp_path, small_catalogue)
     cat = _derived_catalogue(tmp_path / "cat", small_catalogue, styles)
 
     params = _params(tmp_path / "w", cat)
-    summary = run_prepare(params)
+    summary = prepare(params)
     index, images, labels, weights, _ = _load(params)
     assert labels["classes"] == kept
     assert small in summary["dropped_classes"] and "min_images_per_class" in summary["dropped_classes"][small]
@@ -147,7 +151,7 @@ def test_min_images_include_exclude_and_class_weights(tmp_path, small_catalogue)
 
     params = _params(tmp_path / "w2", cat, [f"prepare.include=[{kept[0]!r}, {kept[1]!r}, {kept[2]!r}]",
                                               f"prepare.exclude=[{kept[1]!r}]"])
-    summary = run_prepare(params)
+    summary = prepare(params)
     index, _, labels, weights, _ = _load(params)
     assert labels["classes"] == [kept[0], kept[2]]
     assert set(index["label"]) == {kept[0], kept[2]}
@@ -155,14 +159,14 @@ def test_min_images_include_exclude_and_class_weights(tmp_path, small_catalogue)
     assert len(weights) == 2
 
     with pytest.raises(ConfigError, match="prepare.include"):
-        run_prepare(_params(tmp_path / "w3", cat, ["prepare.include=[NoSuchType]"]))
+        prepare(_params(tmp_path / "w3", cat, ["prepare.include=[NoSuchType]"]))
     with pytest.raises(DataError, match="no articleType class left"):
-        run_prepare(_params(tmp_path / "w4", cat, ["prepare.min_images_per_class=1000"]))
+        prepare(_params(tmp_path / "w4", cat, ["prepare.min_images_per_class=1000"]))
 
 
 def test_label_column_from_params(tmp_path, small_catalogue):
     params = _params(tmp_path, small_catalogue, ["prepare.label=subCategory", "prepare.min_images_per_class=1"])
-    run_prepare(params)
+    prepare(params)
     index, _, labels, _, _ = _load(params)
     styles = pd.read_csv(small_catalogue / "styles.csv").set_index("id")
     assert labels == {"column": "subCategory", "classes": sorted(styles["subCategory"].unique())}
@@ -172,7 +176,7 @@ def test_label_column_from_params(tmp_path, small_catalogue):
 def test_oversample_reaches_target_with_augmented_train_copies(prepared, tmp_path, small_catalogue):
     target = 40
     params = _params(tmp_path, small_catalogue, ["prepare.balance=oversample", f"prepare.oversample_target={target}"])
-    summary = run_prepare(params)
+    summary = prepare(params)
     index, images, labels, weights, _ = _load(params)
     base_index, base_images, *_ = _load(prepared[0])
 
@@ -213,7 +217,7 @@ def test_byte_identical_images_under_different_ids_share_a_split(tmp_path, small
     pd.concat([styles, copies]).to_csv(cat / "styles.csv", index=False)
 
     params = _params(tmp_path / "w", cat)
-    summary = run_prepare(params)
+    summary = prepare(params)
     index, *_ = _load(params)
     assert len(index) == len(styles) + 60
     assert index.groupby("sha256")["split"].nunique().max() == 1
@@ -260,15 +264,15 @@ def test_bad_image_is_a_data_error_naming_the_file(tmp_path, small_catalogue, pr
     victim.write_bytes(victim.read_bytes()[:-40])  # truncated
     params = _params(tmp_path / "w", cat, ["prepare.workers=2"])  # error raised in a worker process
     # An earlier good output must survive a failed run untouched.
-    shutil.copytree(Path(prepared[0].prepare.out_dir), params.prepare.out_dir)
-    before = (Path(params.prepare.out_dir) / "index.parquet").read_bytes()
+    shutil.copytree(Path(prepared[0].paths.prepared_dir), params.paths.prepared_dir)
+    before = (Path(params.paths.prepared_dir) / "index.parquet").read_bytes()
     with pytest.raises(DataError, match=victim.name):
-        run_prepare(params)
-    assert (Path(params.prepare.out_dir) / "index.parquet").read_bytes() == before
-    assert not list(Path(params.prepare.out_dir).parent.glob(".prepared.*"))
+        prepare(params)
+    assert (Path(params.paths.prepared_dir) / "index.parquet").read_bytes() == before
+    assert not list(Path(params.paths.prepared_dir).parent.glob(".prepared.*"))
 
 
 def test_split_fractions_must_sum_to_one(tmp_path, small_catalogue):
     params = _params(tmp_path, small_catalogue, ["prepare.split.train=0.7"])
     with pytest.raises(ConfigError, match="sum to 1"):
-        run_prepare(params)
+        prepare(params)

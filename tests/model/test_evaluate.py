@@ -12,8 +12,14 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from fashionops.evaluation.stage import (REPORT_FILES, classification_metrics, confusion, misclassified_pairs,
-                                 per_class_report, specificity_per_class)
+from fashionops.evaluation.metrics import (
+    classification_metrics,
+    confusion,
+    misclassified_pairs,
+    per_class_report,
+    specificity_per_class,
+)
+from fashionops.evaluation.stage import REPORT_FILES
 
 
 def _random_case(n: int, n_classes: int, seed: int, drop_pred: int | None = None):
@@ -81,7 +87,7 @@ def test_evaluate_stage_outputs(tiny_pipeline):
 
     from fashionops.tracking import configure, read_run_file
 
-    out = Path(tiny_pipeline.evaluate.out_dir)
+    out = tiny_pipeline.paths.reports("evaluate")
     for name in REPORT_FILES:
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
@@ -91,7 +97,7 @@ def test_evaluate_stage_outputs(tiny_pipeline):
                 "test_roc_auc_ovr"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["test_log_loss"] > 0
-    prep = pd.read_parquet(Path(tiny_pipeline.prepare.out_dir) / "index.parquet")
+    prep = pd.read_parquet(Path(tiny_pipeline.paths.prepared_dir) / "index.parquet")
     n_test = int(((prep["split"] == "test") & ~prep["is_copy"].astype(bool)).sum())
     assert m["test_n_samples"] == n_test
     preds = pd.read_csv(out / "predictions.csv")
@@ -106,8 +112,8 @@ def test_evaluate_stage_outputs(tiny_pipeline):
             im.verify()
     with Image.open(out / "confusion_matrix.png") as im:
         assert min(im.size) >= 400
-    configure(tiny_pipeline)
-    run = mlflow.get_run(read_run_file(tiny_pipeline.train.out_dir)["run_id"])
+    configure(tiny_pipeline.tracking)
+    run = mlflow.get_run(read_run_file(tiny_pipeline.paths.run_file)["run_id"])
     assert run.data.metrics["test_macro_f1"] == pytest.approx(m["test_macro_f1"])
 
 
@@ -128,12 +134,12 @@ def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared
     pd.concat([rows, extra]).to_csv(data / "styles.csv", index=False)
 
     params = tiny_pipeline.model_copy(deep=True)
-    params.evaluate.out_dir = str(tmp_path / "reports")
-    result = run_evaluate(params, model_uri=None, data_dir=str(data))
+    params.paths.reports_dir = str(tmp_path / "reports")
+    result = run_evaluate(params.evaluate, params.paths, params.tracking, data_dir=str(data))
     assert result["excluded_classes"] == {unknown_type: 3}
-    m = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "reports" / "evaluate" / "metrics.json").read_text())
     assert m["test_n_samples"] == 12 and m["test_n_excluded"] == 3
-    preds = pd.read_csv(tmp_path / "reports" / "predictions.csv")
+    preds = pd.read_csv(tmp_path / "reports" / "evaluate" / "predictions.csv")
     assert sorted(preds["actual"].unique()) == labels
 
 
@@ -145,12 +151,12 @@ def test_evaluate_a_pyfunc_model_uri_matches_the_local_model(tiny_pipeline, tmp_
     from fashionops.tracking import configure
 
     params = tiny_pipeline.model_copy(deep=True)
-    params.evaluate.out_dir = str(tmp_path / "reports")
-    configure(params)
+    params.paths.reports_dir = str(tmp_path / "reports")
+    configure(params.tracking)
     with mlflow.start_run(run_name="log-for-evaluate-test"):
-        info = log_classifier(params.train.out_dir)
-    result = run_evaluate(params, model_uri=info.model_uri, data_dir=None)
-    local = json.loads((Path(tiny_pipeline.evaluate.out_dir) / "metrics.json").read_text())
+        info = log_classifier(params.paths.classifier_dir)
+    result = run_evaluate(params.evaluate, params.paths, params.tracking, model_uri=info.model_uri)
+    local = json.loads((tiny_pipeline.paths.reports("evaluate") / "metrics.json").read_text())
     assert result["model"] == info.model_uri and result["mlflow_run_id"]
     for key in ("test_accuracy", "test_macro_f1", "test_n_samples"):
         assert result["metrics"][key] == pytest.approx(local[key]), key

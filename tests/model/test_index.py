@@ -1,4 +1,5 @@
-"""Annoy index: determinism, recall tuning, bad inputs, duplicates, the stage and `fashionops search`."""
+"""ANN index: the backend interface, determinism, recall tuning, bad inputs, duplicates, the stage and
+`fashionops search`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from benchmarks.vectors import clustered_vectors
 from PIL import Image
 
-from fashionops.errors import DataError
-from fashionops.search.index import (ITEM_COLUMNS, IndexSearcher, annoy_knn, average_precision_at_k, build_annoy,
-                              check_vectors, clustered_vectors, exact_knn, fit_projection, recall_at_k,
-                              tune_index, write_index_dir)
+from fashionops.errors import DataError, FashionOpsError
+from fashionops.search.backends import BACKENDS, get_backend
+from fashionops.search.exact import exact_knn, recall_at_k
+from fashionops.search.quality import average_precision_at_k
+from fashionops.search.searcher import IndexSearcher
+from fashionops.search.store import ITEM_COLUMNS, META_FILE, write_index_dir
+from fashionops.search.tuning import tune_index
+from fashionops.search.vectors import check_vectors, fit_projection
+
+ANNOY = get_backend("annoy")
 
 
 def _items(n: int, sha: list[str] | None = None) -> pd.DataFrame:
@@ -29,7 +37,7 @@ def _items(n: int, sha: list[str] | None = None) -> pd.DataFrame:
 
 def _write(tmp_path: Path, vectors: np.ndarray, items: pd.DataFrame, projection=None, name: str = "idx") -> Path:
     index_vectors = projection.apply(vectors) if projection is not None else vectors
-    index = build_annoy(index_vectors, "angular", 10, seed=3)
+    index = ANNOY.build(index_vectors, "angular", 10, seed=3)
     meta = {"dim": vectors.shape[1], "index_dim": index_vectors.shape[1], "metric": "angular", "n_trees": 10,
             "search_k": -1, "seed": 3, "projection": "projection.npz" if projection is not None else None}
     return write_index_dir(tmp_path / name, vectors, index, items, meta, projection)
@@ -48,11 +56,51 @@ def test_exact_knn_matches_naive_search():
     assert (e_idx[:, 0] == np.arange(7)).all() and np.allclose(e_dist[:, 0], 0, atol=1e-3)
 
 
+# --------------------------------------------------------------------------- the backend interface
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_backend_round_trip_matches_exact_search(tmp_path, name):
+    backend = get_backend(name)
+    x = clustered_vectors(300, 16, n_clusters=5, seed=9)
+    built = backend.build(x, "angular", 10, seed=1)
+    assert built.backend_name == name and built.n_items == 300
+    path = built.save(tmp_path / backend.index_file)
+    assert [p.name for p in tmp_path.iterdir()] == [backend.index_file]  # no temp file left
+    index = backend.load(path, 16, "angular")
+    rows = np.arange(0, 300, 15)
+    exhaustive = 300 * 10  # a search budget that covers every item: answers must be exact
+    ex_idx, ex_dist = exact_knn(x, x[rows], 5, exclude=rows)
+    idx, dist = index.knn(x[rows], 5, exhaustive, exclude=rows)
+    np.testing.assert_array_equal(idx, ex_idx)
+    np.testing.assert_allclose(dist, ex_dist, atol=1e-4)  # distances in exact search's convention
+    by_item, item_dist = index.query_item(int(rows[3]), 6, exhaustive)
+    assert by_item[0] == rows[3] and item_dist[0] < 1e-3 and by_item[1:] == ex_idx[3].tolist()
+    assert index.query(x[rows[3]], 6, exhaustive)[0] == by_item
+    index.unload()
+    built.unload()
+
+
+def test_unknown_backend_is_a_clear_error(tmp_path):
+    with pytest.raises(FashionOpsError, match=r"unknown ANN backend 'faiss'; known: annoy"):
+        get_backend("faiss")
+    x = clustered_vectors(50, 8, n_clusters=3, seed=1)
+    out = _write(tmp_path, x, _items(50))
+    meta = json.loads((out / META_FILE).read_text())
+    assert "backend" not in meta  # index dirs written so far name none: Annoy
+    (out / META_FILE).write_text(json.dumps({**meta, "backend": "faiss"}))
+    with pytest.raises(FashionOpsError, match="unknown ANN backend 'faiss'"):
+        IndexSearcher.load(out)
+    with pytest.raises(FashionOpsError, match="unknown ANN backend 'faiss'"):  # nor written under that name
+        write_index_dir(tmp_path / "other", x, ANNOY.build(x, "angular", 2), _items(50), {**meta, "backend": "faiss"},
+                        None)
+    assert not (tmp_path / "other").exists()
+
+
+# --------------------------------------------------------------------------- Annoy and tuning
 def test_build_is_deterministic_for_a_seed(tmp_path):
     x = clustered_vectors(2000, 32, n_clusters=20, seed=2)
-    build_annoy(x, "angular", 8, seed=7, path=tmp_path / "a.ann")
-    build_annoy(x, "angular", 8, seed=7, path=tmp_path / "b.ann")
-    build_annoy(x, "angular", 8, seed=8, path=tmp_path / "c.ann")
+    ANNOY.build(x, "angular", 8, seed=7).save(tmp_path / "a.ann")
+    ANNOY.build(x, "angular", 8, seed=7).save(tmp_path / "b.ann")
+    ANNOY.build(x, "angular", 8, seed=8).save(tmp_path / "c.ann")
     a, b, c = ((tmp_path / f"{n}.ann").read_bytes() for n in "abc")
     assert a == b
     assert a != c  # the seed really drives the tree splits
@@ -68,9 +116,9 @@ def test_tuning_reaches_target_with_smallest_search_k():
     # measured again, independently of the tuner's bookkeeping, on the same queries
     rows = np.sort(np.random.default_rng(1).choice(len(x), size=200, replace=False))
     _, ex_d = exact_knn(x, x[rows], 10, "angular", exclude=rows)
-    ap, _ = annoy_knn(index, x[rows], 10, res.search_k, exclude=rows)
+    ap, _ = index.knn(x[rows], 10, res.search_k, exclude=rows)
     assert recall_at_k(x, x[rows], ap, ex_d) == pytest.approx(res.recall)
-    assert index.get_n_trees() == res.n_trees
+    assert index.annoy.get_n_trees() == res.n_trees
 
 
 def test_tuning_adds_trees_when_search_k_is_capped():
@@ -89,7 +137,7 @@ def test_tuning_adds_trees_when_search_k_is_capped():
 ])
 def test_bad_vectors_are_rejected(tmp_path, bad, message):
     with pytest.raises(DataError, match=message):
-        build_annoy(bad, path=tmp_path / "index.ann")
+        ANNOY.build(bad).save(tmp_path / "index.ann")
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -139,11 +187,11 @@ def test_average_precision_at_k():
 # --------------------------------------------------------------------------- on the real pipeline
 def test_index_stage_outputs(tiny_pipeline):
     p = tiny_pipeline
-    out, rep = Path(p.index.out_dir), Path(p.index.report_dir)
+    out, rep = Path(p.paths.index_dir), p.paths.reports("index")
     meta = json.loads((out / "index_meta.json").read_text())
     items = pd.read_parquet(out / "items.parquet")
     emb = np.load(out / "embeddings.npy")
-    n_catalogue = len(pd.read_csv(Path(p.data.raw_dir) / "styles.csv"))
+    n_catalogue = len(pd.read_csv(Path(p.paths.raw_dir) / "styles.csv"))
     assert len(items) == n_catalogue == emb.shape[0] == meta["n_items"]  # the whole catalogue
     assert list(items["annoy_idx"]) == list(range(len(items)))
     assert emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
@@ -169,8 +217,8 @@ def test_search_cli_prints_json(tiny_pipeline, tmp_path, capsys):
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(dump_params(tiny_pipeline))
-    items = pd.read_parquet(Path(tiny_pipeline.index.out_dir) / "items.parquet")
-    image = Path(tiny_pipeline.data.raw_dir) / "images" / f"{items['id'].iloc[3]}.jpg"
+    items = pd.read_parquet(Path(tiny_pipeline.paths.index_dir) / "items.parquet")
+    image = Path(tiny_pipeline.paths.raw_dir) / "images" / f"{items['id'].iloc[3]}.jpg"
     assert main(["search", str(image), "--k", "3", "--params", str(params_file)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 1 and out[0]["image"] == str(image) and len(out[0]["results"]) == 3

@@ -12,6 +12,7 @@ from torch import nn
 from fashionops.config import TrainConfig
 from fashionops.errors import DataError, FashionOpsError
 from fashionops.models import build_model, load_model, model_spec, save_model
+from fashionops.models.spec import ModelSpec
 from fashionops.models.attention import CBAM, SpatialAttentionPool
 from fashionops.models.heads import build_head
 from fashionops.inference.preprocess import preprocess_batch
@@ -19,14 +20,14 @@ from fashionops.inference.preprocess import preprocess_batch
 CLASSES = ["Tshirts", "Shirts", "Casual Shoes", "Watches"]
 
 
-def spec_for(cache_hw=(80, 60), **train) -> dict:
+def spec_for(cache_hw=(80, 60), **train) -> ModelSpec:
     train.setdefault("pretrained", "none")
     return model_spec(TrainConfig(**train), CLASSES, "articleType", cache_hw)
 
 
-def batch(spec: dict, n: int = 2, seed: int = 0) -> torch.Tensor:
+def batch(spec: ModelSpec, n: int = 2, seed: int = 0) -> torch.Tensor:
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, spec["input_height"], spec["input_width"], 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (n, spec.input_height, spec.input_width, 3), dtype=np.uint8)
     return preprocess_batch(images, spec)
 
 
@@ -79,20 +80,20 @@ def test_heads(kind, loss_kind):
 
 def test_model_spec_contents_and_sizes():
     spec = spec_for()
-    json.dumps(spec)  # JSON-serialisable
+    json.dumps(spec.to_dict())  # JSON-serialisable
     for key in ("task", "backbone", "attention", "cbam_reduction", "cbam_kernel", "head", "head_hidden",
                 "dropout", "latent_dim", "num_classes", "classes", "label_column", "input_height",
                 "input_width", "mean", "std", "embedding_dim", "pretrained"):
-        assert key in spec
-    assert (spec["input_height"], spec["input_width"]) == (80, 60)
-    assert spec["num_classes"] == 4 and spec["classes"] == CLASSES
-    assert spec["embedding_dim"] == 1280  # EfficientNet-Lite0 head width
-    assert spec["mean"] == pytest.approx([0.485, 0.456, 0.406])
+        assert key in spec.to_dict()
+    assert (spec.input_height, spec.input_width) == (80, 60)
+    assert spec.num_classes == 4 and spec.classes == CLASSES
+    assert spec.embedding_dim == 1280  # EfficientNet-Lite0 head width
+    assert spec.mean == pytest.approx([0.485, 0.456, 0.406])
     sized = spec_for(input_height=96, input_width=72, normalization="backbone")
-    assert (sized["input_height"], sized["input_width"]) == (96, 72)
-    assert sized["mean"] == pytest.approx([0.5, 0.5, 0.5])  # tf_efficientnet_lite0's own stats
+    assert (sized.input_height, sized.input_width) == (96, 72)
+    assert sized.mean == pytest.approx([0.5, 0.5, 0.5])  # tf_efficientnet_lite0's own stats
     raw = spec_for(normalization="none")
-    assert raw["mean"] == [0.0, 0.0, 0.0] and raw["std"] == [1.0, 1.0, 1.0]
+    assert raw.mean == [0.0, 0.0, 0.0] and raw.std == [1.0, 1.0, 1.0]
 
 
 def test_default_classifier_forward_and_embed():
@@ -102,7 +103,7 @@ def test_default_classifier_forward_and_embed():
     assert model.loss_kind == "ce"
     assert model(x).shape == (2, 4)
     emb = model.embed(x)
-    assert emb.shape == (2, spec["embedding_dim"]) == (2, model.embedding_dim)
+    assert emb.shape == (2, spec.embedding_dim) == (2, model.embedding_dim)
     assert torch.isfinite(emb).all()
 
 
@@ -123,7 +124,7 @@ def test_vit_spatial_attention_on_patch_tokens_at_non_224_input():
     assert model.backbone.kind == "tokens"
     x = batch(spec)
     assert model(x).shape == (2, 4)
-    assert model.embed(x).shape == (2, spec["embedding_dim"]) == (2, 192)
+    assert model.embed(x).shape == (2, spec.embedding_dim) == (2, 192)
     # Weighted pooling over the 4x3 patch tokens, class token excluded.
     assert model.attention.last_weights.shape == (2, 12)
 
@@ -132,7 +133,7 @@ def test_vit_spatial_attention_on_patch_tokens_at_non_224_input():
 def test_alexnet_variants_take_small_inputs(name, dim):
     spec = spec_for(backbone=name, head="svm")
     model = build_model(spec)
-    assert model.loss_kind == "hinge" and spec["loss_kind"] == "hinge"
+    assert model.loss_kind == "hinge" and spec.loss_kind == "hinge"
     assert model.backbone.resize_to is not None  # 80x60 is below AlexNet's minimum: upsampled
     x = batch(spec)
     assert model(x).shape == (2, 4) and model.embed(x).shape == (2, dim)
@@ -161,7 +162,7 @@ def test_small_cnn_is_the_published_architecture():
 def test_conv_autoencoder_reconstructs_and_learns():
     torch.manual_seed(0)
     spec = spec_for(task="autoencoder", backbone="conv_autoencoder", latent_dim=16)
-    assert spec["embedding_dim"] == 16
+    assert spec.embedding_dim == 16
     model = build_model(spec)
     assert model.loss_kind == "mse"
     x = batch(spec, n=4)
@@ -205,13 +206,14 @@ def test_save_load_round_trip_identical(tmp_path):
     save_model(tmp_path / "m", model, spec)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model_spec.json", "weights.pt"]
     loaded, loaded_spec = load_model(tmp_path / "m")
-    assert loaded_spec == json.loads(json.dumps(spec))
+    assert loaded_spec == spec
+    assert json.loads((tmp_path / "m" / "model_spec.json").read_text()) == spec.to_dict()
     assert not loaded.training
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
         assert torch.equal(model.embed(x), loaded.embed(x))
     # A spec that does not fit the weights is an error naming the files.
-    bad = dict(spec, head_hidden=32)
+    bad = dict(spec.to_dict(), head_hidden=32)
     (tmp_path / "m" / "model_spec.json").write_text(json.dumps(bad))
     with pytest.raises(FashionOpsError, match="do not fit"):
         load_model(tmp_path / "m")
@@ -221,7 +223,7 @@ def test_save_load_round_trip_identical(tmp_path):
 
 # --- preprocessing ---------------------------------------------------------------------------
 
-SPEC = {"input_height": 80, "input_width": 60, "mean": [0.5, 0.25, 0.0], "std": [0.5, 0.25, 1.0]}
+SPEC = ModelSpec(backbone="small_cnn", input_height=80, input_width=60, mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 1.0])
 
 
 def test_preprocess_numpy_and_torch_nhwc():
@@ -244,7 +246,7 @@ def test_preprocess_resizes_any_size_list():
     out = preprocess_batch(images, SPEC)
     assert out.shape == (5, 3, 80, 60)
     # Constant images stay constant through the antialiased resize.
-    expected = (128 / 255 - torch.tensor(SPEC["mean"])) / torch.tensor(SPEC["std"])
+    expected = (128 / 255 - torch.tensor(SPEC.mean)) / torch.tensor(SPEC.std)
     assert torch.allclose(out[3].mean(dim=(1, 2)), expected, atol=1e-5)
     assert torch.allclose(out[4], out[3])
     # The first image is at the target size already: exactly the NHWC path.
@@ -255,7 +257,7 @@ def test_preprocess_resize_is_antialiased():
     # A 1-pixel checkerboard downsampled 4x averages to mid-grey instead of aliasing.
     board = (np.indices((320, 240)).sum(0) % 2 * 255).astype(np.uint8)
     img = np.repeat(board[..., None], 3, axis=2)
-    out = preprocess_batch(img[None], {"input_height": 80, "input_width": 60})
+    out = preprocess_batch(img[None], ModelSpec(backbone="small_cnn", input_height=80, input_width=60))
     assert out.shape == (1, 3, 80, 60)
     assert abs(out.mean().item() - 0.5) < 0.01 and out.std().item() < 0.05
 

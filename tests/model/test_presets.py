@@ -62,13 +62,13 @@ def _one_step(name: str) -> None:
     spec = model_spec(params.train, classes, params.prepare.label, cache_hw)
     model = build_model(spec, pretrained="none").train()
     torch.manual_seed(0)
-    x = torch.randn(2, 3, spec["input_height"], spec["input_width"])
+    x = torch.randn(2, 3, spec.input_height, spec.input_width)
     # The head's (decoder's) input is module.embed(x): capture it instead of a second forward.
     seen: list[torch.Tensor] = []
     after_embed = model.decoder if model.loss_kind == "mse" else model.head
     after_embed.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach()))
     out = model(x)
-    assert seen[0].shape == (2, spec["embedding_dim"])
+    assert seen[0].shape == (2, spec.embedding_dim)
     if model.loss_kind == "mse":
         assert out.shape == x.shape
         loss = nn.functional.mse_loss(out, x)

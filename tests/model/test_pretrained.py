@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fashionops.models.spec import ModelSpec
+
 from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
 from fashionops.models import build_model, model_spec, save_model
@@ -27,7 +29,8 @@ def test_packaged_lite0_classifies_chelsea_as_a_cat():
     report = load_lite0(model)
     assert report.matched == 296 and not report.missing
     model.eval()
-    spec = {"input_height": 224, "input_width": 224, "mean": list(LITE0_MEAN), "std": list(LITE0_STD)}
+    spec = ModelSpec(backbone="tf_efficientnet_lite0", input_height=224, input_width=224,
+                     mean=list(LITE0_MEAN), std=list(LITE0_STD))
     x = preprocess_batch([data.chelsea()], spec)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
@@ -42,7 +45,7 @@ def test_packaged_lite0_classifies_chelsea_as_a_cat():
 
 def test_default_spec_loads_lite0_onto_the_backbone():
     spec = lite0_spec()
-    assert spec["pretrained"] == "efficientnet_lite0"
+    assert spec.pretrained == "efficientnet_lite0"
     model = build_model(spec)
     assert model.pretrained_report == {
         "source": "efficientnet_lite0", "matched": 294, "missing": 0, "unexpected": 0, "mismatched": 0,

@@ -9,10 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from benchmarks.vectors import clustered_vectors, densified_vectors
 
 from fashionops.errors import DataError
-from fashionops.search.index import (CLASS_PROBS_FILE, IndexSearcher, build_annoy, clustered_vectors, densified_vectors,
-                              encode_arrays, exact_knn, l2_normalise, rerank_by_category, write_index_dir)
+from fashionops.inference.predictor import Predictor
+from fashionops.models.spec import ModelSpec
+from fashionops.search.backends import get_backend
+from fashionops.search.exact import exact_knn
+from fashionops.search.rerank import rerank_by_category
+from fashionops.search.searcher import IndexSearcher
+from fashionops.search.store import CLASS_PROBS_FILE, write_index_dir
+from fashionops.search.vectors import l2_normalise
 
 TYPES = ["Tshirts", "Shirts", "Watches", "Heels"]
 
@@ -59,7 +66,8 @@ def _rerank_index(tmp_path: Path, n: int = 400, dup: bool = True) -> tuple[Path,
               "label_column": "articleType", "classes": TYPES}
     meta = {"dim": 32, "index_dim": 32, "metric": "angular", "n_trees": 10, "search_k": -1, "seed": 1,
             "projection": None, "flip_tta": True, "rerank": rerank}
-    out = write_index_dir(tmp_path / "idx", x, build_annoy(x, "angular", 10, seed=1), items, meta, None, probs)
+    out = write_index_dir(tmp_path / "idx", x, get_backend("annoy").build(x, "angular", 10, seed=1), items, meta,
+                          None, probs)
     return out, x, probs
 
 
@@ -99,7 +107,7 @@ def test_searcher_rejects_misaligned_class_probs(tmp_path):
         IndexSearcher.load(out)
 
 
-# --------------------------------------------------------------------------- encode_arrays
+# --------------------------------------------------------------------------- the index's encoding
 class _EmbedOnly(torch.nn.Module):
     """Features that depend on left/right (so mirroring matters); no head, like an autoencoder."""
 
@@ -123,24 +131,26 @@ class _Classifier(_EmbedOnly):
 
 
 def test_encode_with_mirror_image_and_probabilities():
-    spec = {"input_height": 8, "input_width": 6, "mean": [0.5] * 3, "std": [0.5] * 3}
+    spec = ModelSpec(backbone="test", input_height=8, input_width=6, mean=[0.5] * 3, std=[0.5] * 3)
     images = np.random.default_rng(0).integers(0, 256, size=(5, 8, 6, 3), dtype=np.uint8)
     mirror = images[:, :, ::-1].copy()
     model = _Classifier().eval()
-    plain = encode_arrays(model, spec, images, batch_size=2)
-    mirrored = encode_arrays(model, spec, mirror, batch_size=2)
-    both = encode_arrays(model, spec, images, batch_size=2, flip_tta=True, with_probs=True)
+    predictor = Predictor(model, spec)
+    plain = predictor.encode(images, batch_size=2)
+    mirrored = predictor.encode(mirror, batch_size=2)
+    both = predictor.encode(images, batch_size=2, flip_tta=True, with_probs=True)
     np.testing.assert_allclose(both.embeddings, l2_normalise(plain.embeddings + mirrored.embeddings), atol=1e-5)
     assert not np.allclose(plain.embeddings, both.embeddings, atol=1e-3)  # the mirror image did count
     assert plain.class_probs is None and both.class_probs.shape == (5, 3)
     # softmax of the mean of both logits
     with torch.no_grad():
         def logits(a: np.ndarray) -> torch.Tensor:
-            return model.embed_with_logits(torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5))[1]
+            x = torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+            return model.embed_with_logits(x)[1]
         want = torch.softmax((logits(images) + logits(mirror)) / 2, 1).numpy()
     np.testing.assert_allclose(both.class_probs, want, atol=1e-5)
     # a model without a head (an autoencoder) gives no probabilities
-    assert encode_arrays(_EmbedOnly().eval(), spec, images, with_probs=True).class_probs is None
+    assert Predictor(_EmbedOnly().eval(), spec).encode(images, with_probs=True).class_probs is None
 
 
 # --------------------------------------------------------------------------- densified_vectors

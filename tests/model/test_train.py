@@ -46,12 +46,13 @@ def _no_leaked_tracking_uri(monkeypatch):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, small_catalogue) -> Path:
-    """The prepare stage run once on the real small catalogue; returns its out_dir (read-only)."""
+    """The prepare stage run once on the real small catalogue; returns its prepared_dir (read-only)."""
     from fashionops.data.prepare import run_prepare
 
     work = tmp_path_factory.mktemp("train_prepared")
-    run_prepare(params_for(work, small_catalogue, TINY + [f"prepare.report_path={work / 'prepare.json'}"]))
-    return work / "data/prepared"
+    params = params_for(work, small_catalogue, TINY)
+    run_prepare(params.prepare, params.paths)
+    return Path(params.paths.prepared_dir)
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +63,19 @@ def mlflow_db(tmp_path_factory) -> Path:
 
 def train_params(work: Path, prepared: Path, db: Path, extra: list[str] = ()):
     return params_for(work, None, TINY + [
-        f"prepare.out_dir={prepared}",
-        f"prepare.report_path={work / 'reports/prepare/summary.json'}",
-        f"train.report_dir={work / 'reports/train'}",
+        f"paths.prepared_dir={prepared}",
         f"tracking.tracking_uri=sqlite:///{db / 'mlflow.db'}",
         f"tracking.artifact_location={db / 'artifacts'}",
         *extra,
     ])
+
+
+def train(params, resume: bool = False) -> dict:
+    """The stage as `fashionops train` calls it."""
+    from fashionops.training.stage import run_train
+
+    return run_train(params.train, params.paths, params.tracking, balance=params.prepare.balance, resume=resume,
+                     run_config=params.flat())
 
 
 def read_history(path: Path) -> list[dict[str, str]]:
@@ -79,16 +86,17 @@ def read_history(path: Path) -> list[dict[str, str]]:
 def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepared, mlflow_db):
     from mlflow.tracking import MlflowClient
 
-    from fashionops.models.factory import load_model
     from fashionops.inference.preprocess import preprocess_batch
-    from fashionops.training.stage import HISTORY_COLUMNS, run_train
+    from fashionops.models.factory import load_model
+    from fashionops.training.stage import HISTORY_COLUMNS
 
     params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=2"])
-    result = run_train(params)
+    result = train(params)
 
-    out, reports = Path(params.train.out_dir), Path(params.train.report_dir)
-    for name in ("weights.pt", "model_spec.json", "run.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+    out, reports = Path(params.paths.classifier_dir), params.paths.reports("train")
+    for name in ("weights.pt", "model_spec.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert (out / name).is_file(), name
+    assert not (out / "run.json").exists(), "the MLflow run is not part of the model"
     metrics = json.loads((reports / "metrics.json").read_text())
     assert metrics == {k: v for k, v in result.items() if k in metrics}
     assert metrics["epochs_run"] == 2
@@ -115,11 +123,12 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
     images = np.load(prepared / "images.npy", mmap_mode="r")[:4]
     with torch.no_grad():
         logits = module(preprocess_batch(np.asarray(images), spec))
-    assert logits.shape == (4, spec["num_classes"]) and torch.isfinite(logits).all()
-    assert spec["input_height"] == 48 and spec["input_width"] == 36
+    assert logits.shape == (4, spec.num_classes) and torch.isfinite(logits).all()
+    assert spec.input_height == 48 and spec.input_width == 36
 
-    # the MLflow run: params, per-epoch metrics, tags, artifacts, recorded in run.json
-    run_info = json.loads((out / "run.json").read_text())
+    # the MLflow run: params, per-epoch metrics, tags, artifacts, recorded in paths.run_file
+    assert params.paths.run_file == reports / "mlflow_run.json"
+    run_info = json.loads(params.paths.run_file.read_text())
     assert run_info["run_id"] == result["mlflow_run_id"]
     client = MlflowClient(run_info["tracking_uri"])
     run = client.get_run(run_info["run_id"])
@@ -134,7 +143,8 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert run.data.metrics["best_val_macro_f1"] == pytest.approx(metrics["best_val_macro_f1"])
     assert run.data.tags["version.torch"] == torch.__version__ and run.data.tags["device"] == metrics["device"]
-    artifacts = {a.path for d in ("", "model", "checkpoints", "train") for a in client.list_artifacts(run.info.run_id, d)}
+    artifacts = {a.path for d in ("", "model", "checkpoints", "train")
+                 for a in client.list_artifacts(run.info.run_id, d)}
     assert {"model/labels.json", "checkpoints/best.ckpt", "train/metrics.json", "train/history.csv"} <= artifacts
 
     # resuming with params that change the run is refused with the keys named
@@ -142,7 +152,7 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
 
     longer = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=5"])
     with pytest.raises(FashionOpsError, match=r"train.epochs: 2 -> 5"):
-        run_train(longer, resume=True)
+        train(longer, resume=True)
 
 
 def _ckpt_epoch(path: Path) -> int:
@@ -150,8 +160,6 @@ def _ckpt_epoch(path: Path) -> int:
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, mlflow_db):
-    from fashionops.training.stage import run_train
-
     extra = ["train.epochs=2", "train.augment.crop_scale=0.2", "train.augment.color_jitter=0.2"]
 
     # the run to be killed: a separate process, SIGKILLed once epoch 1's last.ckpt exists
@@ -159,19 +167,20 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
     params = train_params(killed_work, prepared, mlflow_db, extra)
     cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
     for item in TINY + extra + [
-        f"prepare.out_dir={prepared}", f"train.out_dir={params.train.out_dir}",
-        f"train.report_dir={params.train.report_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
+        f"paths.prepared_dir={prepared}", f"paths.classifier_dir={params.paths.classifier_dir}",
+        f"paths.reports_dir={params.paths.reports_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
         f"tracking.artifact_location={params.tracking.artifact_location}",
     ]:
         cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    last = Path(params.train.out_dir) / "checkpoints/last.ckpt"
+    last = Path(params.paths.classifier_dir) / "checkpoints/last.ckpt"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while not last.is_file():
             if proc.poll() is not None:
-                pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint: {proc.stderr.read()[-2000:]}")
+                pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint: "
+                            f"{proc.stderr.read()[-2000:]}")
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -181,21 +190,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert _ckpt_epoch(last) == 0, "the run finished before it could be killed; nothing was resumed"
-    assert not (Path(params.train.report_dir) / "metrics.json").exists()
-    run_id = json.loads((Path(params.train.out_dir) / "run.json").read_text())["run_id"]
+    assert not (params.paths.reports("train") / "metrics.json").exists()
+    run_id = json.loads(params.paths.run_file.read_text())["run_id"]  # written when the run started
 
-    resumed = run_train(params, resume=True)
+    resumed = train(params, resume=True)
 
-    clean = run_train(train_params(tmp_path / "clean", prepared, mlflow_db, extra))
+    clean = train(train_params(tmp_path / "clean", prepared, mlflow_db, extra))
 
     assert resumed["mlflow_run_id"] == run_id, "resume must continue the same MLflow run"
     assert resumed["epochs_run"] == clean["epochs_run"] == 2
-    h_resumed = read_history(Path(params.train.report_dir) / "history.csv")
+    h_resumed = read_history(params.paths.reports("train") / "history.csv")
     h_clean = read_history(tmp_path / "clean/reports/train/history.csv")
     for a, b in zip(h_resumed, h_clean, strict=True):
         for col in ("train_loss", "val_loss", "val_acc", "val_macro_f1", "lr"):
             assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4, abs=1e-5), (a["epoch"], col)
-    w_resumed = torch.load(Path(params.train.out_dir) / "weights.pt", weights_only=True)
+    w_resumed = torch.load(Path(params.paths.classifier_dir) / "weights.pt", weights_only=True)
     w_clean = torch.load(tmp_path / "clean/models/classifier/weights.pt", weights_only=True)
     assert w_resumed.keys() == w_clean.keys()
     for key in w_clean:
@@ -205,7 +214,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
 
     from fashionops.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri(params))
+    client = MlflowClient(tracking_uri(params.tracking))
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags.get("resumed") == "true"
     history = client.get_metric_history(run_id, "val_macro_f1")
@@ -214,21 +223,26 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, prepared, mlflow_db):
     from fashionops.errors import FashionOpsError
-    from fashionops.training.stage import run_train
 
     with pytest.raises(FashionOpsError, match="no checkpoint"):
-        run_train(train_params(tmp_path, prepared, mlflow_db), resume=True)
+        train(train_params(tmp_path, prepared, mlflow_db), resume=True)
 
 
 def test_weighted_sampler_and_weighted_ce_train(tmp_path, prepared, mlflow_db):
+    from mlflow.tracking import MlflowClient
+
     from fashionops.training.stage import run_train
 
     params = train_params(tmp_path, prepared, mlflow_db, [
         "prepare.balance=weighted_sampler", "train.loss=weighted_ce", "train.epochs=1", "train.scheduler=cosine",
         "train.optimizer=sgd",
     ])
-    result = run_train(params)
+    # called with its sections only (no run_config): the run logs what the function was given
+    result = run_train(params.train, params.paths, params.tracking, balance=params.prepare.balance)
     assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
+    logged = MlflowClient(params.tracking.tracking_uri).get_run(result["mlflow_run_id"]).data.params
+    assert logged["prepare.balance"] == "weighted_sampler" and logged["train.loss"] == "weighted_ce"
+    assert "paths.prepared_dir" in logged and not any(k.startswith(("serve.", "index.")) for k in logged)
 
 
 def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
@@ -237,7 +251,8 @@ def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
     data = load_prepared(prepared)
     labels = data.split("train")["label_idx"].to_numpy()
     # make the split strongly imbalanced: keep every sample of class 0, 3 of each other class
-    keep = np.concatenate([np.flatnonzero(labels == 0)] + [np.flatnonzero(labels == c)[:3] for c in range(1, labels.max() + 1)])
+    keep = np.concatenate([np.flatnonzero(labels == 0)]
+                          + [np.flatnonzero(labels == c)[:3] for c in range(1, labels.max() + 1)])
     sub = labels[keep]
     sampler = EpochRandomSampler(range(len(sub)), seed=7, weights=sample_weights(sub, labels.max() + 1))
     draws = []
@@ -258,11 +273,13 @@ def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
 
 def test_datamodule_batches_are_uint8_and_the_transform_is_preprocess(prepared):
     from fashionops.config import AugmentConfig
-    from fashionops.training.datamodule import BatchTransform, FashionDataModule, load_prepared
     from fashionops.inference.preprocess import preprocess_batch
+    from fashionops.models.spec import ModelSpec
+    from fashionops.training.datamodule import BatchTransform, FashionDataModule, load_prepared
 
     data = load_prepared(prepared)
-    spec = {"input_height": 48, "input_width": 36, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    spec = ModelSpec(backbone="small_cnn", input_height=48, input_width=36, mean=[0.485, 0.456, 0.406],
+                     std=[0.229, 0.224, 0.225])
     dm = FashionDataModule(data, spec, batch_size=8, augment=AugmentConfig(hflip=True))
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (8, *data.image_hw, 3)
@@ -288,8 +305,8 @@ def test_datamodule_batches_are_uint8_and_the_transform_is_preprocess(prepared):
 
 def test_losses_follow_the_model_loss_kind():
     from fashionops.config import TrainConfig
-    from fashionops.training.lit_module import FashionLitModule
     from fashionops.models.factory import build_model, model_spec
+    from fashionops.training.lit_module import FashionLitModule
 
     classes = [f"c{i}" for i in range(4)]
     torch.manual_seed(0)
@@ -330,15 +347,13 @@ def test_macro_f1_matches_scikit_learn():
 
 
 def test_autoencoder_trains_on_val_loss(tmp_path, prepared, mlflow_db):
-    from fashionops.training.stage import run_train
-
     params = train_params(tmp_path, prepared, mlflow_db, [
         "train.task=autoencoder", "train.backbone=conv_autoencoder", "train.loss=mse", "train.epochs=1",
         "train.scheduler=plateau",
     ])
-    result = run_train(params)
+    result = train(params)
     assert math.isfinite(result["best_val_loss"]) and result["best_val_macro_f1"] is None
-    assert (Path(params.train.out_dir) / "weights.pt").is_file()
+    assert (Path(params.paths.classifier_dir) / "weights.pt").is_file()
 
 
 @pytest.mark.slow
@@ -346,20 +361,17 @@ def test_gpu_profile_runs_the_train_stage_on_the_cpu(tmp_path, prepared, mlflow_
     """The `gpu` preset end to end on a few batches: 224x168 upsampling, bf16-mixed autocast,
     device-side augmentation, DataLoader workers and the offline weights. Only CUDA itself is not
     exercised here (CI has no GPU); the speed and accuracy of that profile need a GPU machine."""
-    from fashionops.training.stage import run_train
-
     params = params_for(tmp_path, None, [
         "train.preset=gpu", "train.epochs=1", "train.limit_batches=2", "train.batch_size=8",
         "prepare.min_images_per_class=10",
-        f"prepare.out_dir={prepared}",
-        f"train.report_dir={tmp_path / 'reports/train'}",
+        f"paths.prepared_dir={prepared}",
         f"tracking.tracking_uri=sqlite:///{mlflow_db / 'mlflow.db'}",
         f"tracking.artifact_location={mlflow_db / 'artifacts'}",
     ])
     assert (params.train.precision, params.train.input_height, params.train.freeze_groups) == ("bf16-mixed", 224, 0)
-    result = run_train(params)
+    result = train(params)
     assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
     report = json.loads((tmp_path / "reports/train/metrics.json").read_text())
     assert report["precision"] == "bf16-mixed"  # what the Trainer ran with, not just the setting
-    spec = json.loads((Path(params.train.out_dir) / "model_spec.json").read_text())
+    spec = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())
     assert (spec["input_height"], spec["input_width"]) == (224, 168)

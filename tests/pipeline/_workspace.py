@@ -35,7 +35,7 @@ TINY = {
 
 
 def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    from fashionops.orchestration.pipeline import stage_env
+    from fashionops.orchestration.runner import stage_env
 
     # stage_env: this interpreter's scripts (`fashionops`) on PATH for the dvc.yaml commands
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env or stage_env())

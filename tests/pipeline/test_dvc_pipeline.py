@@ -12,7 +12,7 @@ import pytest
 import yaml
 from _workspace import copy_workspace, dvc, git, run
 
-from fashionops.orchestration.pipeline import STAGES
+from fashionops.orchestration.runner import STAGES
 
 
 def _ran(output: str) -> set[str]:
@@ -33,6 +33,19 @@ def test_second_repro_runs_no_stage(trained_workspace, tmp_path):
     assert all(f"'{s}' didn't change, skipping" in out for s in STAGES), out
     assert seconds < 15, f"a no-op dvc repro took {seconds:.1f} s"
     assert json.loads(dvc("status", "--json", cwd=ws).stdout or "{}") == {}
+
+
+@pytest.mark.slow
+def test_later_stages_reopen_the_run_that_train_recorded(trained_workspace):
+    ws = trained_workspace[0]
+    run_file = "reports/train/mlflow_run.json"  # paths.run_file: an output of train, not of the model
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert run_file in {o["path"] for o in lock["train"]["outs"]}
+    for stage in ("evaluate", "index", "register"):
+        assert run_file in {d["path"] for d in lock[stage]["deps"]}, stage
+    assert not (ws / "models/classifier/run.json").exists()
+    run_id = json.loads((ws / run_file).read_text())["run_id"]
+    assert json.loads((ws / "reports/register/result.json").read_text())["run_id"] == run_id
 
 
 @pytest.mark.slow

@@ -13,8 +13,13 @@ import pytest
 import yaml
 from _workspace import REPO, TINY, copy_workspace, dvc, git, make_workspace, mlflow_client
 
-from fashionops.orchestration import pipeline
+from fashionops.cli import main as fashionops_main
 from fashionops.config import ConfigError
+from fashionops.orchestration.failures import PipelineError, StageFailed, classify_failure, error_message
+from fashionops.orchestration.lock import WorkspaceBusy, workspace_lock
+from fashionops.orchestration.overrides import apply_overrides, flow_overrides
+from fashionops.orchestration.refresh import format_result, result_line, run_refresh_step
+from fashionops.orchestration.runner import STAGES, stage_env
 
 # ------------------------------------------------------------------------------ fast: the skeleton
 
@@ -26,7 +31,7 @@ def test_apply_overrides_writes_params_keeping_comments(tmp_path):
     new = {"prepare.label": "subCategory", "train.epochs": old["train"]["epochs"] + 1,
            "register.promote": not old["register"]["promote"], "data.limit": 500,
            "train.lr": old["train"]["lr"] / 2}
-    changed = pipeline.apply_overrides(tmp_path, pipeline.flow_overrides(
+    changed = apply_overrides(tmp_path, flow_overrides(
         label=new["prepare.label"], epochs=new["train.epochs"], promote=new["register.promote"],
         data_limit=new["data.limit"], extra=[f"train.lr={new['train.lr']}"]))
     assert changed == {key: [old[key.split(".")[0]][key.split(".")[1]], value] for key, value in new.items()}
@@ -39,16 +44,16 @@ def test_apply_overrides_writes_params_keeping_comments(tmp_path):
     diff = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
     assert len(before.splitlines()) == len(after.splitlines()) and len(diff) == 5, diff
     # the same values again change nothing (DVC then has nothing to rerun)
-    assert pipeline.apply_overrides(tmp_path, [f"train.epochs={new['train.epochs']}"]) == {}
+    assert apply_overrides(tmp_path, [f"train.epochs={new['train.epochs']}"]) == {}
 
 
 def test_apply_overrides_rejects_unknown_key_and_writes_nothing(tmp_path):
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_text()
     with pytest.raises(ConfigError, match="train.epoch"):
-        pipeline.apply_overrides(tmp_path, ["train.epochs=2", "train.epoch=3"])
+        apply_overrides(tmp_path, ["train.epochs=2", "train.epoch=3"])
     with pytest.raises(ConfigError, match="prepare.balance"):
-        pipeline.apply_overrides(tmp_path, pipeline.flow_overrides(balance="sometimes"))
+        apply_overrides(tmp_path, flow_overrides(balance="sometimes"))
     assert (tmp_path / "params.yaml").read_text() == before
 
 
@@ -57,25 +62,69 @@ def test_failure_classification():
                   "error: 1 critical expectation(s) failed for data/raw (summary: s.json):",
                   "  image_readable (image_facts): 1 unexpected; e.g. id 42 (truncated JPEG)",
                   "ERROR: failed to reproduce 'validate': failed to run: fashionops validate, exited with 1"]
-    assert not pipeline.classify_failure("validate", validation)
-    assert pipeline.error_message(validation).splitlines() == [
+    assert not classify_failure("validate", validation)
+    assert error_message(validation).splitlines() == [
         "1 critical expectation(s) failed for data/raw (summary: s.json):",
         "image_readable (image_facts): 1 unexpected; e.g. id 42 (truncated JPEG)"]
     io_error = ["Traceback (most recent call last):", '  File "x.py", line 1', "OSError: [Errno 5] Input/output error"]
-    assert pipeline.classify_failure("prepare", io_error)
-    assert pipeline.error_message(io_error) == "OSError: [Errno 5] Input/output error"
+    assert classify_failure("prepare", io_error)
+    assert error_message(io_error) == "OSError: [Errno 5] Input/output error"
     tracking_down = ["mlflow.exceptions.MlflowException: API request to http://mlflow:5000/api/2.0/runs "
                      "failed with exception HTTPConnectionPool: Max retries exceeded (Connection refused)"]
-    assert pipeline.classify_failure("train", tracking_down)
+    assert classify_failure("train", tracking_down)
     bad_param = ["error: invalid configuration in params.yaml:", "  train.epochs: unknown key"]
-    assert not pipeline.classify_failure("train", bad_param)
-    assert not pipeline.classify_failure("train", ["ValueError: shapes do not match"])
+    assert not classify_failure("train", bad_param)
+    assert not classify_failure("train", ["ValueError: shapes do not match"])
+
+
+def test_command_output_keeps_its_level_in_the_run_log():
+    import logging
+
+    from fashionops.orchestration.tasks import line_level
+
+    assert line_level("12:00:01 WARNING fashionops.data.validation.stage: 3 images below 60 px") == logging.WARNING
+    assert line_level("ERROR: failed to reproduce 'validate'") == logging.ERROR  # DVC
+    assert line_level("error: 1 critical expectation(s) failed") == logging.ERROR  # the fashionops CLI
+    assert line_level("12:00:02 DEBUG fashionops.x: detail") == logging.DEBUG
+    assert line_level("Running stage 'train':") == line_level("Error rate 0.1") == logging.INFO
+
+
+def test_refresh_command_lists_its_steps(capsys):
+    """`fashionops refresh` is a real subcommand (the index-refresh flow runs its two steps)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "fashionops.cli", "refresh", "--help"],
+                          capture_output=True, text=True, env=stage_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "fetch-champion" in proc.stdout and "register-index" in proc.stdout
+    for step, option in (("fetch-champion", "--dest"), ("register-index", "--classifier-version")):
+        with pytest.raises(SystemExit) as exit_:
+            fashionops_main(["refresh", step, "--help"])
+        assert exit_.value.code == 0 and option in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        fashionops_main(["refresh"])  # a step is required
+    assert exit_.value.code == 2
+
+
+def test_result_line_round_trip():
+    lines = ["downloading", format_result({"version": "3", "model_dir": Path("/m/classifier")}), "done"]
+    assert result_line(lines) == {"version": "3", "model_dir": "/m/classifier"}
+    with pytest.raises(PipelineError, match="no result printed: no champion"):
+        result_line(["error: no champion"])
+
+
+def test_refresh_step_fails_with_the_commands_own_error(tmp_path):
+    """`fashionops refresh fetch-champion` in a workspace whose registry has no champion."""
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    with pytest.raises(StageFailed, match="no @champion version of fashion-classifier") as failed:
+        run_refresh_step(["fetch-champion", "--dest", str(tmp_path / "embedder")], tmp_path,
+                         name="fetch-champion")
+    assert failed.value.stage == "fetch-champion" and failed.value.returncode == 1
+    assert not failed.value.transient and not (tmp_path / "embedder").exists()
 
 
 def _stage_workspace(root: Path, stages: dict[str, str]) -> Path:
     """A git + DVC repo whose dvc.yaml has the given stage commands (no fashionops code)."""
-
-
     root.mkdir()
     git("init", "-q", cwd=root)
     dvc("init", "-q", cwd=root)
@@ -88,21 +137,23 @@ def _stage_workspace(root: Path, stages: dict[str, str]) -> Path:
 def test_stage_task_retries_transient_failure_but_not_validation(tmp_path, prefect_api, flow_modules):
     from prefect import flow
 
-    tp = flow_modules[0]
+    from fashionops.orchestration.tasks import stage_task
+
     py = sys.executable
     # `train` fails once with an I/O error, then succeeds; `validate` always fails an expectation.
     flaky = ("import pathlib,sys; p=pathlib.Path('attempts'); n=int(p.read_text()) if p.exists() else 0; "
              "p.write_text(str(n+1)); "
              "(n==0) and sys.exit('OSError: [Errno 5] Input/output error: data/raw/1.jpg'); "
              "pathlib.Path('train.out').write_text('ok')")
-    failing = ("import pathlib,sys; p=pathlib.Path('vattempts'); p.write_text(p.read_text()+'x' if p.exists() else 'x'); "
+    failing = ("import pathlib,sys; p=pathlib.Path('vattempts'); "
+               "p.write_text(p.read_text()+'x' if p.exists() else 'x'); "
                "sys.exit('error: 1 critical expectation(s) failed:\\n  image_readable: id 7 is truncated')")
     ws = _stage_workspace(tmp_path / "ws", {"train": f'{py} -c "{flaky}"', "validate": f'{py} -c "{failing}"'})
-    fast = tp.stage_task.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
+    fast = stage_task.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
 
     @flow
     def run_one(stage: str):
-        return fast(stage, str(ws), pipeline.stage_env())
+        return fast(stage, str(ws), stage_env())
 
     result = run_one("train")
     assert result["status"] == "ran"
@@ -116,9 +167,9 @@ def test_stage_task_retries_transient_failure_but_not_validation(tmp_path, prefe
 
 def test_workspace_lock_waits_then_fails_with_a_clear_message(tmp_path, prefect_api, flow_modules):
     ws = make_workspace(tmp_path / "ws")
-    with pipeline.workspace_lock(ws, owner="flow run first"):
-        with pytest.raises(pipeline.WorkspaceBusy, match="flow run first"):
-            with pipeline.workspace_lock(ws, timeout_s=0.5):
+    with workspace_lock(ws, owner="flow run first"):
+        with pytest.raises(WorkspaceBusy, match="flow run first"):
+            with workspace_lock(ws, timeout_s=0.5):
                 pass
         # a flow started meanwhile fails before touching params.yaml or any stage
         before = (ws / "params.yaml").read_text()
@@ -130,7 +181,7 @@ def test_workspace_lock_waits_then_fails_with_a_clear_message(tmp_path, prefect_
     release = threading.Event()
 
     def holder():
-        with pipeline.workspace_lock(ws, owner="thread"):
+        with workspace_lock(ws, owner="thread"):
             held.set()
             release.wait(5)
 
@@ -138,7 +189,7 @@ def test_workspace_lock_waits_then_fails_with_a_clear_message(tmp_path, prefect_
     t.start()
     held.wait(5)
     threading.Timer(0.5, release.set).start()
-    with pipeline.workspace_lock(ws, timeout_s=10):
+    with workspace_lock(ws, timeout_s=10):
         assert not t.is_alive() or release.is_set()
     t.join()
 
@@ -202,7 +253,8 @@ def _flow_artifacts(flow_run_id: str) -> dict[str, object]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return {a.key: a for a in arts}
 
 
@@ -210,11 +262,11 @@ def _flow_artifacts(flow_run_id: str) -> dict[str, object]:
 def test_training_flow_end_to_end(trained_workspace):
     ws, summary = trained_workspace
     assert summary["imported"] is True and (ws / "data" / "raw.dvc").is_file()
-    assert summary["ran"] == list(pipeline.STAGES), summary["stages"]
+    assert summary["ran"] == list(STAGES), summary["stages"]
     assert summary["dvc_experiment"] == "e2e-first"
     # DVC: every stage locked, outputs present
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
-    assert set(lock) == set(pipeline.STAGES)
+    assert set(lock) == set(STAGES)
     for rel in ("data/prepared/images.npy", "models/classifier/weights.pt", "models/index/index.ann",
                 "reports/evaluate/metrics.json", "reports/register/result.json"):
         assert (ws / rel).is_file(), rel
@@ -246,7 +298,7 @@ def test_second_run_with_no_change_skips_every_stage(trained_workspace, tmp_path
     before = len(mlflow_client(ws).search_model_versions("name='fashion-classifier'"))
     summary = flow_modules[0].training_pipeline(workspace=str(ws), experiment="e2e-again", **TINY)
     assert summary["params_changed"] == {} and summary["imported"] is False
-    assert summary["ran"] == [] and summary["skipped"] == list(pipeline.STAGES), summary["stages"]
+    assert summary["ran"] == [] and summary["skipped"] == list(STAGES), summary["stages"]
     assert len(mlflow_client(ws).search_model_versions("name='fashion-classifier'")) == before
 
 
@@ -273,7 +325,8 @@ def test_validation_failure_fails_the_flow_and_registers_nothing(tmp_path, catal
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))[0]
+        run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        run = client.read_flow_runs(flow_run_filter=run_filter)[0]
     assert run.state.is_failed()
     arts = _flow_artifacts(str(run.id))
     assert victim.stem in arts["validation-summary"].data

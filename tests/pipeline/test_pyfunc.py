@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from fashionops.models.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -28,28 +29,28 @@ def logged(tiny_pipeline, tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = env
     exp = mlflow.create_experiment("pyfunc", artifact_location=(store / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp):
-        cls_info = log_classifier(tiny_pipeline.train.out_dir)
-        idx_info = log_visual_search(tiny_pipeline.index.out_dir, tiny_pipeline.train.out_dir)
+        cls_info = log_classifier(tiny_pipeline.paths.classifier_dir)
+        idx_info = log_visual_search(tiny_pipeline.paths.index_dir, tiny_pipeline.paths.classifier_dir)
     classifier = mlflow.pyfunc.load_model(cls_info.model_uri)
     search = mlflow.pyfunc.load_model(idx_info.model_uri)
-    items = pd.read_parquet(Path(tiny_pipeline.index.out_dir) / "items.parquet")
-    files = [Path(tiny_pipeline.data.raw_dir) / "images" / f"{i}.jpg" for i in items["id"].iloc[[0, 7, 42]]]
+    items = pd.read_parquet(Path(tiny_pipeline.paths.index_dir) / "items.parquet")
+    files = [Path(tiny_pipeline.paths.raw_dir) / "images" / f"{i}.jpg" for i in items["id"].iloc[[0, 7, 42]]]
     return classifier, search, files, tiny_pipeline
 
 
 def test_classifier_output_schema_and_metadata(logged):
     classifier, _, files, params = logged
-    spec = json.loads((Path(params.train.out_dir) / "model_spec.json").read_text())
+    spec = ModelSpec.read(params.paths.classifier_dir)
     out = classifier.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}), params={"top_k": 4})
     assert list(out.columns) == ["label", "probability", "top_labels", "top_probabilities", "probabilities"]
     assert len(out) == len(files)
-    assert classifier.metadata.metadata["classes"] == spec["classes"]
+    assert classifier.metadata.metadata["classes"] == spec.classes
     assert classifier.metadata.get_input_schema().input_names() == ["image"]
     for row in out.to_dict("records"):
         probs = np.asarray(row["probabilities"])
-        assert probs.shape == (len(spec["classes"]),)
+        assert probs.shape == (len(spec.classes),)
         assert probs.sum() == pytest.approx(1.0, abs=1e-5)
-        assert row["label"] == spec["classes"][int(probs.argmax())] == row["top_labels"][0]
+        assert row["label"] == spec.classes[int(probs.argmax())] == row["top_labels"][0]
         assert len(row["top_labels"]) == 4
         assert row["top_probabilities"] == sorted(row["top_probabilities"], reverse=True)
         assert row["probability"] == pytest.approx(probs.max())

@@ -32,15 +32,22 @@ class Injected(RuntimeError):
 @pytest.fixture(scope="module")
 def make_params(tiny_pipeline, tmp_path_factory):
     """``make_params(macro_f1=None)``: the tiny pipeline's params with this module's model names,
-    its own result path, and (if given) a metrics copy whose test_macro_f1 is replaced."""
+    its own reports folder (links to the pipeline's reports and MLflow run file, its own
+    register/result.json), and (if given) a metrics copy whose test_macro_f1 is replaced."""
     tmp = tmp_path_factory.mktemp("registry")
-    base = json.loads((Path(tiny_pipeline.evaluate.out_dir) / "metrics.json").read_text())
+    pipeline_reports = Path(tiny_pipeline.paths.reports_dir)
+    base = json.loads((pipeline_reports / "evaluate" / "metrics.json").read_text())
 
     def make(macro_f1: float | None = None):
         n = next(_counter)
         p = tiny_pipeline.model_copy(deep=True)
         p.register.classifier_name, p.register.index_name = CLS, IDX
-        p.register.out_path = str(tmp / f"result-{n}.json")
+        reports = tmp / f"candidate-{n}" / "reports"
+        reports.mkdir(parents=True)
+        for sub in pipeline_reports.iterdir():
+            if sub.is_dir() and sub.name != "register":
+                (reports / sub.name).symlink_to(sub, target_is_directory=True)
+        p.paths.reports_dir = str(reports)
         if macro_f1 is not None:
             metrics = dict(base, test_macro_f1=macro_f1)
             (tmp / f"metrics-{n}.json").write_text(json.dumps(metrics))
@@ -52,22 +59,34 @@ def make_params(tiny_pipeline, tmp_path_factory):
     return make
 
 
+def register(params, on_step=None):
+    """The register stage as `fashionops register` calls it."""
+    from fashionops.registry.register import run_register
+
+    return run_register(params.register, params.paths, params.tracking, embedder_dir=params.index.embedder_dir,
+                        run_config=params.flat(), on_step=on_step)
+
+
+def aliases(params):
+    from fashionops.registry.aliases import alias_state
+
+    return alias_state(params.register, params.tracking)
+
+
 @pytest.fixture(scope="module")
 def registered(make_params):
     """Three candidates in order: A (the real metric), B (better by 0.1), C (between A and B)."""
-    from fashionops.registry.register import run_register
-
     m0 = make_params.base["test_macro_f1"]
     results = {}
     for key, value in (("A", None), ("B", m0 + 0.1), ("C", m0 + 0.05)):
-        results[key] = run_register(make_params(value))
+        results[key] = register(make_params(value))
     return results
 
 
 def _client(params):
-    from fashionops.registry.register import _client
+    from fashionops.registry.aliases import registry_client
 
-    return _client(params)
+    return registry_client(params.tracking)
 
 
 def _pair(result):
@@ -93,18 +112,25 @@ def test_better_candidate_moves_champion_on_both(registered, make_params):
     assert float(cls_mv.tags["metric.test_macro_f1"]) == pytest.approx(b["candidate_metric"])
     assert cls_mv.tags["split_fingerprint"] == b["split_fingerprint"]
     assert cls_mv.run_id == b["run_id"] == idx_mv.run_id
-    # The pipeline run (reopened from run.json) carries the model card and the evaluate reports.
-    run_file = json.loads((Path(params.train.out_dir) / "run.json").read_text())
+    # The pipeline run (reopened from paths.run_file) carries the model card and the evaluate reports.
+    run_file = json.loads(params.paths.run_file.read_text())
     assert b["run_id"] == run_file["run_id"]
     artifacts = {f.path for f in client.list_artifacts(b["run_id"])}
     assert "model_card.md" in artifacts and "evaluate" in artifacts
     run = client.get_run(b["run_id"])
     assert "test_macro_f1" in run.data.metrics and "train.epochs" in run.data.params
+    # The card describes the training that made the weights (its spec and its run's params).
+    card = Path(client.download_artifacts(b["run_id"], "model_card.md", str(make_params.tmp))).read_text()
+    spec = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())
+    assert card.startswith(f"# {CLS}\n")
+    assert (f"Classifier of `{params.prepare.label}` on Fashion Product Images (Small), {spec['backbone']} "
+            f"(pretrained: {params.train.pretrained}, attention: none, head: linear), {params.train.epochs} epoch(s), "
+            f"batch {params.train.batch_size}, lr {params.train.lr}, balance: {params.prepare.balance}.") in card
 
 
 def _result_path(result, make_params):
-    # result-<n>.json: find the file whose content has this classifier version
-    for path in sorted(make_params.tmp.glob("result-*.json")):
+    # candidate-<n>/reports/register/result.json: the file whose content has this classifier version
+    for path in sorted(make_params.tmp.glob("candidate-*/reports/register/result.json")):
         data = json.loads(path.read_text())
         if data["classifier"] == result["classifier"]:
             return path
@@ -125,12 +151,12 @@ def test_worse_candidate_becomes_challenger(registered, make_params):
 def test_failure_after_registration_leaves_aliases_unchanged(registered, make_params, where):
     """A much better candidate whose registration fails after the versions exist (and, in the
     second case, after the classifier's champion alias already moved): aliases as before."""
-    from fashionops.registry.register import RegistryError, alias_state, run_register
+    from fashionops.registry.aliases import RegistryError
 
     fail_at = {"after-registration": "registered", "between-champion-aliases": f"alias:{IDX}@champion"}[where]
 
     params = make_params(make_params.base["test_macro_f1"] + 0.5)
-    before = alias_state(params)
+    before = aliases(params)
     steps = []
 
     def hook(step):
@@ -139,10 +165,10 @@ def test_failure_after_registration_leaves_aliases_unchanged(registered, make_pa
             raise Injected(f"injected at {step}")
 
     with pytest.raises(RegistryError, match="aliases unchanged"):
-        run_register(params, on_step=hook)
+        register(params, on_step=hook)
     assert fail_at in steps
-    assert alias_state(params) == before
-    assert not Path(params.register.out_path).exists()
+    assert aliases(params) == before
+    assert not (params.paths.reports("register") / "result.json").exists()
     client = _client(params)
     newest = max(client.search_model_versions(f"name = '{CLS}'"), key=lambda mv: int(mv.version))
     assert "injected" in newest.tags["register_error"]
@@ -152,14 +178,12 @@ def test_failure_after_registration_leaves_aliases_unchanged(registered, make_pa
 def test_champion_rescored_when_its_split_differs(registered, make_params):
     """The champion's metric came from another split (fingerprint tag differs): it is re-scored
     on this split by loading it; the same weights score what evaluate measured."""
-    from fashionops.registry.register import run_register
-
     params = make_params(-1.0)  # a candidate no real score loses to
     client = _client(params)
     champion = registered["B"]["classifier"]["version"]
     client.set_model_version_tag(CLS, champion, "split_fingerprint", "another-split")
     try:
-        res = run_register(params)
+        res = register(params)
     finally:
         client.set_model_version_tag(CLS, champion, "split_fingerprint", registered["B"]["split_fingerprint"])
     assert res["champion_rescored"] is True
@@ -171,13 +195,14 @@ def test_champion_rescored_when_its_split_differs(registered, make_params):
 
 
 def test_manual_promote_and_rollback(registered, make_params):
-    from fashionops.registry.register import RegistryError, alias_state, promote, rollback
+    from fashionops.registry.aliases import RegistryError, promote, rollback
 
     params = make_params()
+    reg, trk = params.register, params.tracking
     b, c = _pair(registered["B"]), _pair(registered["C"])
-    assert alias_state(params)["champion"] == b
-    out = promote(params, int(c["classifier"]), reason="reviewer: better on shoes")
-    state = alias_state(params)
+    assert aliases(params)["champion"] == b
+    out = promote(reg, trk, int(c["classifier"]), reason="reviewer: better on shoes")
+    state = aliases(params)
     assert out["decision"] == "promoted"
     assert state["champion"] == c  # the paired index came along (found via tags)
     assert state["previous"] == b
@@ -185,25 +210,26 @@ def test_manual_promote_and_rollback(registered, make_params):
     for name, version in ((CLS, c["classifier"]), (IDX, c["index"])):
         assert client.get_model_version(name, version).tags["promotion_reason"] == "reviewer: better on shoes"
 
-    out = rollback(params, reason="canary errors")
-    state = alias_state(params)
+    out = rollback(reg, trk, reason="canary errors")
+    state = aliases(params)
     assert out["decision"] == "rolled_back"
     assert state["champion"] == b and state["previous"] == c
     assert client.get_model_version(IDX, b["index"]).tags["rollback_reason"] == "canary errors"
 
     with pytest.raises(RegistryError, match="does not exist"):
-        promote(params, 9999, reason="typo")
-    assert alias_state(params)["champion"] == b
+        promote(reg, trk, 9999, reason="typo")
+    assert aliases(params)["champion"] == b
 
 
 def test_register_index_for_keeps_the_pair(registered, make_params):
-    from fashionops.registry.register import alias_state, register_index_for
+    from fashionops.registry.register import register_index_for
 
     params = make_params()
-    champ = alias_state(params)["champion"]
+    args = (params.register, params.index, params.paths, params.tracking, params.paths.index_dir)
+    champ = aliases(params)["champion"]
     # An index rebuilt for the champion classifier: the index champion follows.
-    res = register_index_for(params, params.index.out_dir, champ["classifier"])
-    state = alias_state(params)
+    res = register_index_for(*args, champ["classifier"])
+    state = aliases(params)
     assert res["moved_aliases"] == ["champion"]
     assert state["champion"] == {"classifier": champ["classifier"], "index": res["index"]["version"]}
     client = _client(params)
@@ -211,20 +237,20 @@ def test_register_index_for_keeps_the_pair(registered, make_params):
     assert client.get_model_version(CLS, champ["classifier"]).tags["paired_index_version"] == res["index"]["version"]
     # For a classifier that is not the champion, no champion alias moves.
     old = registered["A"]["classifier"]["version"]
-    res2 = register_index_for(params, params.index.out_dir, old)
+    res2 = register_index_for(*args, old)
     assert "champion" not in res2["moved_aliases"]
-    assert alias_state(params)["champion"] == state["champion"]
+    assert aliases(params)["champion"] == state["champion"]
     assert client.get_model_version(CLS, old).tags["paired_index_version"] == res2["index"]["version"]
 
 
 def test_pull_predict_and_deploy_smoke_in_fresh_process(registered, make_params, tmp_path, shared_catalogue):
     from fashionops.config import dump_params
     from fashionops.inference.predict import predict_images
-    from fashionops.registry.register import alias_state, pull, verify_pull
+    from fashionops.registry.pull import pull, verify_pull
 
     params = make_params()
-    state = alias_state(params)["champion"]
-    manifest = pull(params, "champion", tmp_path / "pulled")
+    state = aliases(params)["champion"]
+    manifest = pull(params.register, params.tracking, "champion", tmp_path / "pulled")
     assert manifest["classifier"]["version"] == state["classifier"]
     assert manifest["index"]["version"] == state["index"]
     assert any(k.endswith("weights.pt") for k in manifest["files"])
@@ -234,7 +260,7 @@ def test_pull_predict_and_deploy_smoke_in_fresh_process(registered, make_params,
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
     lines = list(predict_images(params, [images[0], str(bad), images[1]], model_uri=str(tmp_path / "pulled"), k=2))
-    classes = json.loads((Path(params.train.out_dir) / "model_spec.json").read_text())["classes"]
+    classes = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())["classes"]
     assert [ln["file"] for ln in lines] == [images[0], str(bad), images[1]]
     assert "not an image" in lines[1]["error"]
     for ln in (lines[0], lines[2]):
@@ -280,7 +306,7 @@ def test_run_tags_trace_code_data_and_orchestration(tmp_path, monkeypatch, make_
     from fashionops.tracking import run_tags
 
     params = make_params()
-    params.data.raw_dir, params.prepare.out_dir = "data/raw", str(tmp_path / "data/prepared")
+    params.paths.raw_dir, params.paths.prepared_dir = "data/raw", str(tmp_path / "data/prepared")
     sp.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     sp.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
            cwd=tmp_path, check=True)
@@ -292,10 +318,10 @@ def test_run_tags_trace_code_data_and_orchestration(tmp_path, monkeypatch, make_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")
     monkeypatch.setenv("FASHIONOPS_FLOW_RUN_ID", "flow-run-123")
-    tags = run_tags(params)
+    tags = run_tags(params.paths)
     head = sp.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert tags["git_commit"] == head and tags["git_dirty"] == "False"
     assert tags["dvc_raw_data_md5"] == "aaa111.dir"
-    assert tags["dvc_prepared_md5"] == "bbb222.dir"  # absolute out_dir matched to dvc.lock's relative path
+    assert tags["dvc_prepared_md5"] == "bbb222.dir"  # absolute prepared_dir matched to dvc.lock's relative path
     assert tags["dvc_experiment"] == "exp-tiny"
     assert tags["prefect_flow_run_id"] == "flow-run-123"

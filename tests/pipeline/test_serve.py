@@ -29,10 +29,10 @@ def _copy_models(params, dest: Path, jit: bool = False):
     serves the TorchScript traces, as ``fashionops serve`` does by default.
     """
     p = params.model_copy(deep=True)
-    shutil.copytree(params.train.out_dir, dest / "classifier", ignore=shutil.ignore_patterns("checkpoints"))
-    shutil.copytree(params.index.out_dir, dest / "index")
-    p.train.out_dir = str(dest / "classifier")
-    p.index.out_dir = str(dest / "index")
+    shutil.copytree(params.paths.classifier_dir, dest / "classifier", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(params.paths.index_dir, dest / "index")
+    p.paths.classifier_dir = str(dest / "classifier")
+    p.paths.index_dir = str(dest / "index")
     p.index.embedder_dir = None
     p.serve.source = "local"
     p.serve.model_dir = None
@@ -49,7 +49,7 @@ def serve_params(tiny_pipeline, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(serve_params):
     """The served pair, loaded once; apps with other settings reuse it."""
-    from fashionops.serving.app import load_bundle
+    from fashionops.serving.loader import load_bundle
 
     return load_bundle(serve_params)
 
@@ -72,16 +72,18 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def items(serve_params) -> pd.DataFrame:
-    return pd.read_parquet(Path(serve_params.index.out_dir) / "items.parquet")
+    return pd.read_parquet(Path(serve_params.paths.index_dir) / "items.parquet")
 
 
 @pytest.fixture(scope="module")
-def spec(serve_params) -> dict:
-    return json.loads((Path(serve_params.train.out_dir) / "model_spec.json").read_text())
+def spec(serve_params):
+    from fashionops.models.spec import ModelSpec
+
+    return ModelSpec.read(serve_params.paths.classifier_dir)
 
 
 def _image_file(params, item_id: int) -> Path:
-    return Path(params.data.raw_dir) / "images" / f"{item_id}.jpg"
+    return Path(params.paths.raw_dir) / "images" / f"{item_id}.jpg"
 
 
 def _upload(path: Path, name: str | None = None) -> dict:
@@ -92,7 +94,7 @@ def test_health_reports_models(client, items, spec):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["source"] == "local"
     assert h["items"] == len(items)
-    assert h["classes"] == len(spec["classes"])
+    assert h["classes"] == len(spec.classes)
     assert h["fingerprint"].startswith("local:")
     assert h["index"]["n_items"] == len(items)
     assert h["auth"] is False
@@ -104,7 +106,7 @@ def test_classify_upload(client, serve_params, items, spec):
     r = client.post("/classify?k=3", files=_upload(_image_file(serve_params, item_id)))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["label"] in spec["classes"]
+    assert body["label"] in spec.classes
     probs = [t["probability"] for t in body["top"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     assert body["top"][0]["label"] == body["label"] and body["probability"] == probs[0]
@@ -116,7 +118,7 @@ def test_classify_upload(client, serve_params, items, spec):
 
 
 def test_classify_all_classes_sum_to_one(client, serve_params, items, spec):
-    n = len(spec["classes"])
+    n = len(spec.classes)
     r = client.post(f"/classify?k={n}", files=_upload(_image_file(serve_params, int(items["id"].iloc[1]))))
     assert r.status_code == 200
     assert abs(sum(t["probability"] for t in r.json()["top"]) - 1.0) < 1e-4
@@ -213,6 +215,60 @@ def test_bad_uploads_get_clear_4xx(client, serve_params, items):
     assert client.post("/classify", files={"file": ("ok.jpg", good, "image/jpeg")}).status_code == 200
 
 
+def test_request_errors_keep_their_messages(client, serve_params, items):
+    """Bad fields and bodies get one sentence in ``detail`` (what the page shows), not a list."""
+    photo = _upload(_image_file(serve_params, int(items["id"].iloc[0])))
+    item_id = int(items["id"].iloc[0])
+    cases = [
+        (dict(files=photo, data={"k": "abc"}), "/classify", 422, "k must be an integer (got 'abc')"),
+        (dict(files=photo, data={"k": "51"}), "/classify", 422, "k must be between 1 and 50 (got 51)"),
+        (dict(files=photo, params={"k": "0"}), "/classify", 422, "k must be between 1 and 50 (got 0)"),
+        (dict(data={"k": "2"}), "/classify", 422, "no image: send a multipart form with the image in field 'file'"),
+        (dict(json={"k": 2}), "/classify", 422, "no image"),
+        (dict(data={"file": "not-a-file"}), "/classify", 400, "field 'file' must be a file upload"),
+        (dict(json={"item_id": "x"}), "/search", 422, "item_id must be an integer (got 'x')"),
+        (dict(json={"item_id": True}), "/search", 422, "item_id must be an integer"),
+        (dict(json={"item_id": item_id, "k": 0}), "/search", 422, "k must be between 1 and 50 (got 0)"),
+        (dict(data={"item_id": "1.5"}), "/search", 422, "item_id must be an integer (got '1.5')"),
+        (dict(json=[item_id]), "/search", 400, "JSON body must be an object"),
+        (dict(content=b"{nope", headers={"content-type": "application/json"}), "/search", 400,
+         "body is not valid JSON"),
+        (dict(content=b"x", headers={"content-type": "text/csv"}), "/search", 415, "unsupported content type"),
+        (dict(files=[("file", ("a.jpg", b"1", "image/jpeg")), ("file", ("b.jpg", b"2", "image/jpeg"))]),
+         "/search", 400, "Too many files"),
+        (dict(data={}), "/search", 422, "nothing to search for"),
+    ]
+    for kwargs, endpoint, code, text in cases:
+        r = client.post(endpoint, **kwargs)
+        assert r.status_code == code, (endpoint, kwargs.keys(), r.status_code, r.text)
+        assert isinstance(r.json()["detail"], str) and text in r.json()["detail"], (endpoint, r.json())
+    # k and item_id from the query string; the body's k wins over the query's
+    r = client.post("/search", params={"item_id": str(item_id), "k": "2"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+    r = client.post("/search?k=2", json={"item_id": item_id, "k": 3})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    # other validation errors keep FastAPI's own body
+    assert isinstance(client.get("/items/abc").json()["detail"], list)
+
+
+def test_responses_hold_exactly_the_keys_they_always_held(client, serve_params, items):
+    photo = _upload(_image_file(serve_params, int(items["id"].iloc[0])))
+    body = client.post("/classify", files=photo).json()
+    assert set(body) == {"label", "probability", "top", "model"}
+    assert set(body["model"]) == {"version", "path", "alias", "source"}
+    found = client.post("/search", files=photo).json()
+    assert set(found) == {"query", "results", "model"}
+    assert found["query"] == {"type": "upload", "filename": f"{int(items['id'].iloc[0])}.jpg"}
+    assert set(found["results"][0]) == {"id", "name", "masterCategory", "subCategory", "articleType",
+                                        "image_url", "item_url", "distance"}
+    assert {"version", "path", "alias", "source", "dim", "metric"} <= set(found["model"])
+    by_id = client.post("/search", json={"item_id": int(items["id"].iloc[0])}).json()
+    assert set(by_id["query"]) == {"type", "item"}
+    assert set(client.get("/health").json()) == {
+        "status", "source", "alias", "classifier", "index", "fingerprint", "loaded_at", "items", "classes",
+        "label_column", "jit", "reloads", "last_reload_error", "auth", "reload_poll_s"}
+
+
 def test_upload_size_limit(serve_params, bundle, items):
     from fashionops.serving.app import create_app
 
@@ -263,19 +319,71 @@ def test_openapi_documents_the_api(client):
     assert client.get("/docs").status_code == 200
 
 
-def _rebuild_index(params, n_trees: int) -> None:
-    """A real new Annoy index over the served classifier's catalogue embeddings, written the way
-    the index stage writes it (``write_index_dir``: build aside, then swap the directory)."""
-    from fashionops.search.index import PROJECTION_FILE, Projection, build_annoy, write_index_dir
+def _schema(spec: dict, node: dict) -> dict:
+    """``node`` with a ``$ref`` followed into ``components.schemas``."""
+    ref = node.get("$ref")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else node
 
-    d = Path(params.index.out_dir)
+
+def _types(spec: dict, node: dict) -> set:
+    """The JSON types a property may have (``anyOf`` branches included)."""
+    node = _schema(spec, node)
+    return {t.get("type") for t in node.get("anyOf", [node])}
+
+
+def test_openapi_is_generated_from_the_request_and_response_models(client):
+    """Generated by FastAPI from the routes' models: the request fields of /classify and /search
+    (both media types of /search), query parameters, and the response and error models."""
+    spec = client.get("/openapi.json").json()
+    classify = spec["paths"]["/classify"]["post"]
+    form = _schema(spec, classify["requestBody"]["content"]["multipart/form-data"]["schema"])
+    assert set(form["properties"]) == {"file", "k"} and form["required"] == ["file"]
+    assert _types(spec, form["properties"]["file"]) == {"string"}
+    k = next(t for t in form["properties"]["k"]["anyOf"] if t.get("type") == "integer")
+    assert (k["minimum"], k["maximum"]) == (1, 50)
+    assert {p["name"] for p in classify["parameters"] if p["in"] == "query"} == {"k"}
+
+    search = spec["paths"]["/search"]["post"]
+    content = search["requestBody"]["content"]
+    upload = _schema(spec, content["multipart/form-data"]["schema"])
+    assert set(upload["properties"]) == {"file", "item_id", "k"} and "required" not in upload
+    by_item = _schema(spec, content["application/json"]["schema"])
+    assert set(by_item["properties"]) == {"item_id", "k"}
+    assert "integer" in _types(spec, by_item["properties"]["item_id"])
+    assert {p["name"] for p in search["parameters"] if p["in"] == "query"} == {"k", "item_id"}
+
+    def response(op: dict, code: str) -> dict:
+        return _schema(spec, op["responses"][code]["content"]["application/json"]["schema"])
+
+    assert response(classify, "200")["title"] == "ClassifyResponse"
+    assert {"label", "probability", "top", "model"} <= set(response(classify, "200")["properties"])
+    assert response(search, "200")["title"] == "SearchResponse"
+    hit = _schema(spec, response(search, "200")["properties"]["results"]["items"])
+    assert {"id", "name", "articleType", "image_url", "distance"} <= set(hit["properties"])
+    for op in (classify, search):
+        for code in ("400", "413", "415", "422"):
+            assert response(op, code)["title"] == "ErrorBody", code
+    assert response(spec["paths"]["/health"]["get"], "200")["title"] == "Health"
+    assert response(spec["paths"]["/reload"]["post"], "200")["title"] == "ReloadResult"
+    assert response(spec["paths"]["/items/{item_id}"]["get"], "200")["title"] == "Item"
+    assert "/" not in spec["paths"]  # the web page is not part of the API
+
+
+def _rebuild_index(params, n_trees: int) -> None:
+    """A real new ANN index over the served classifier's catalogue embeddings, written the way
+    the index stage writes it (``write_index_dir``: build aside, then swap the directory)."""
+    from fashionops.search.store import CLASS_PROBS_FILE, PROJECTION_FILE, backend_of, write_index_dir
+    from fashionops.search.vectors import Projection
+
+    d = Path(params.paths.index_dir)
     meta = json.loads((d / "index_meta.json").read_text())
     vectors = np.load(d / "embeddings.npy")
     projection = Projection.load(d / PROJECTION_FILE) if meta.get("projection") else None
+    class_probs = np.load(d / CLASS_PROBS_FILE) if (d / CLASS_PROBS_FILE).is_file() else None
     index_vectors = projection.apply(vectors) if projection is not None else vectors
     items = pd.read_parquet(d / "items.parquet")
-    index = build_annoy(index_vectors, meta["metric"], n_trees, int(meta.get("seed", 42)))
-    write_index_dir(d, vectors, index, items, {**meta, "n_trees": n_trees}, projection)
+    index = backend_of(meta).build(index_vectors, meta["metric"], n_trees, int(meta.get("seed", 42)))
+    write_index_dir(d, vectors, index, items, {**meta, "n_trees": n_trees}, projection, class_probs)
     index.unload()
 
 
@@ -315,7 +423,7 @@ def test_reload_swaps_pair_atomically_and_refuses_mismatch(tiny_pipeline, tmp_pa
         assert not errors, errors[:3]
 
         # An index built by another model is refused; the old pair keeps serving.
-        meta_path = Path(p.index.out_dir) / "index_meta.json"
+        meta_path = Path(p.paths.index_dir) / "index_meta.json"
         meta = json.loads(meta_path.read_text())
         meta["embedding_model"]["backbone"] = "some_other_backbone"
         meta_path.write_text(json.dumps(meta))
@@ -344,13 +452,13 @@ def test_reload_poll_picks_up_new_index(tiny_pipeline, tmp_path):
 
 def test_pull_directory_source(tiny_pipeline, tmp_path, items):
     """A directory laid out as `fashionops pull` writes it (manifest + both pyfunc trees)."""
-    from fashionops.serving.app import ServeError, load_bundle_from_pull
+    from fashionops.serving.loader import ServeError, load_bundle_from_pull
 
     src = _copy_models(tiny_pipeline, tmp_path / "src")
     pull = tmp_path / "pull"
-    shutil.copytree(src.train.out_dir, pull / "classifier" / "artifacts" / "model_classifier")
-    shutil.copytree(src.index.out_dir, pull / "visual_search" / "artifacts" / "index")
-    shutil.copytree(src.train.out_dir, pull / "visual_search" / "artifacts" / "model_classifier")
+    shutil.copytree(src.paths.classifier_dir, pull / "classifier" / "artifacts" / "model_classifier")
+    shutil.copytree(src.paths.index_dir, pull / "visual_search" / "artifacts" / "index")
+    shutil.copytree(src.paths.classifier_dir, pull / "visual_search" / "artifacts" / "model_classifier")
     manifest = {
         "alias": "champion",
         "classifier": {"name": "fashion-classifier", "version": "7", "run_id": "r1", "dir": "classifier",
@@ -359,17 +467,17 @@ def test_pull_directory_source(tiny_pipeline, tmp_path, items):
                   "tags": {"classifier_version": "7"}},
     }
     (pull / "manifest.json").write_text(json.dumps(manifest))
-    images = Path(tiny_pipeline.data.raw_dir) / "images"
-    b = load_bundle_from_pull(pull, images, tiny_pipeline)
+    images = Path(tiny_pipeline.paths.raw_dir) / "images"
+    b = load_bundle_from_pull(pull, images, tiny_pipeline.register)
     assert b.source == "dir" and b.alias == "champion"
     assert b.classifier["version"] == "7" and b.index["version"] == "3"
-    assert b.embedder is b.module  # same weights: loaded once
+    assert b.embedder is b.predictor  # same weights: loaded once
     assert len(b.search_item(int(items["id"].iloc[0]), 3)) == 3
 
     manifest["index"]["tags"]["classifier_version"] = "6"
     (pull / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ServeError, match="not a matching pair"):
-        load_bundle_from_pull(pull, images, tiny_pipeline)
+        load_bundle_from_pull(pull, images, tiny_pipeline.register)
 
 
 def _read_status(sock) -> bytes:
@@ -435,15 +543,22 @@ def test_live_server_stops_oversized_streams_early(serve_params, bundle, items):
 def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tmp_path, items):
     """Models by alias from a real MLflow registry (own SQLite store): @champion is served, a
     later promotion is picked up by a non-forced reload (what the poll does), and /health tells."""
-    from fashionops.registry.register import promote, run_register
+    from fashionops.registry.aliases import promote
+    from fashionops.registry.register import run_register
     from fashionops.serving.app import create_app
 
     p = _copy_models(tiny_pipeline, tmp_path / "models")
     p.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     p.tracking.artifact_location = str(tmp_path / "artifacts")
-    p.register.out_path = str(tmp_path / "register.json")
+    # the tiny pipeline's reports (evaluate metrics, run file) in a copy: register writes there
+    shutil.copytree(tiny_pipeline.paths.reports_dir, tmp_path / "reports")
+    p.paths.reports_dir = str(tmp_path / "reports")
     p.serve.source = "registry"
-    first = run_register(p)
+
+    def register() -> dict:
+        return run_register(p.register, p.paths, p.tracking, embedder_dir=p.index.embedder_dir)
+
+    first = register()
     with TestClient(create_app(p)) as c:
         h = c.get("/health").json()
         assert h["source"] == "registry" and h["alias"] == "champion"
@@ -452,12 +567,12 @@ def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tm
         assert c.post("/search", json={"item_id": int(items["id"].iloc[0]), "k": 2}).status_code == 200
         assert c.post("/reload?force=false").json()["reloaded"] is False
 
-        second = run_register(p)  # same metrics: registered, not promoted
+        second = register()  # same metrics: registered, not promoted
         assert c.post("/reload?force=false").json()["reloaded"] is False
         assert second["decision"] == "challenger", second["reason"]
         new_version = int(second["classifier"]["version"])
         assert str(new_version) != str(first["classifier"]["version"])
-        promote(p, version=new_version, reason="test: promote the newer pair")
+        promote(p.register, p.tracking, version=new_version, reason="test: promote the newer pair")
         r = c.post("/reload?force=false")
         assert r.status_code == 200 and r.json()["reloaded"] is True, r.text
         h2 = c.get("/health").json()

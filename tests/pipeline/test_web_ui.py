@@ -182,7 +182,7 @@ def shots(tmp_path_factory) -> Path:
 
 
 def _items(params) -> pd.DataFrame:
-    return pd.read_parquet(Path(params.index.out_dir) / "items.parquet")
+    return pd.read_parquet(Path(params.paths.index_dir) / "items.parquet")
 
 
 CARDS_LOADED = (
@@ -220,14 +220,15 @@ def test_browse_by_item_and_click_a_result(live, browser, shots):
     browser.wait_for(f"document.getElementById('query-item-name').textContent === {json.dumps(expected[1]['name'])}")
     browser.wait_for(CARDS_LOADED)
     after = httpx.post(f"{url}/search", json={"item_id": target}, timeout=30).json()["results"]
-    browser.wait_for(f"JSON.stringify({CARD_IDS}) === {json.dumps(json.dumps([r['id'] for r in after]).replace(' ', ''))}")
+    after_ids = json.dumps([r["id"] for r in after]).replace(" ", "")
+    browser.wait_for(f"JSON.stringify({CARD_IDS}) === {json.dumps(after_ids)}")
 
 
 def test_upload_a_photo_shows_prediction_and_similar_items(live, browser, shots):
     url, params = live
     items = _items(params)
     item_id = int(items["id"].iloc[11])
-    photo = Path(params.data.raw_dir) / "images" / f"{item_id}.jpg"
+    photo = Path(params.paths.raw_dir) / "images" / f"{item_id}.jpg"
     with photo.open("rb") as fh:
         pred = httpx.post(f"{url}/classify", files={"file": (photo.name, fh.read(), "image/jpeg")}, timeout=30).json()
 

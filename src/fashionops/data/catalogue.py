@@ -1,5 +1,5 @@
 """Catalogue import: read either catalogue layout, resolve where it comes from, copy it into
-``data.raw_dir`` in the canonical Kaggle layout and track it with DVC.
+``paths.raw_dir`` in the canonical Kaggle layout and track it with DVC.
 
 Layouts understood by :func:`load_catalogue`:
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fashionops.atomic import staged_dir
-from fashionops.config import Params
+from fashionops.config import DataConfig, PathsConfig
 from fashionops.errors import DataError
 
 COLUMNS: list[str] = [
@@ -75,7 +75,7 @@ def read_styles(path: str | Path) -> pd.DataFrame:
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = _split_line(line)
+        fields: list[Any] = _split_line(line)
         if len(fields) > width:
             # Unquoted commas in the last column: join them back instead of dropping data.
             fields = fields[: width - 1] + [",".join(fields[width - 1:])]
@@ -189,19 +189,20 @@ def load_catalogue(root: str | Path, fill_missing: bool = True) -> pd.DataFrame:
 def _download_kaggle(dataset: str) -> Path:
     """Download the Kaggle data set (needs the internet and Kaggle credentials)."""
     try:
-        import kagglehub  # type: ignore[import-not-found]
+        import kagglehub
 
         path = Path(kagglehub.dataset_download(dataset))
     except ImportError:
         try:
-            from kaggle.api.kaggle_api_extended import KaggleApi  # type: ignore[import-not-found]
+            from kaggle.api.kaggle_api_extended import KaggleApi
         except ImportError:
             raise DataError(
                 "no catalogue found: pass --source DIR, set data.source or $FASHION_DATA, put the data in "
                 f"../{SHARED_RELATIVE}, or `pip install kagglehub` (with Kaggle credentials) to download "
                 f"{dataset} automatically"
             ) from None
-        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashionops" / dataset.replace("/", "__")
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        path = cache / "fashionops" / dataset.replace("/", "__")
         api = KaggleApi()
         api.authenticate()
         api.dataset_download_files(dataset, path=str(path), unzip=True)
@@ -214,7 +215,7 @@ def _download_kaggle(dataset: str) -> Path:
     return found[0].parent
 
 
-def resolve_source(params: Params, source: str | Path | None = None) -> Path:
+def resolve_source(cfg: DataConfig, source: str | Path | None = None) -> Path:
     """Where the catalogue comes from, first that applies:
 
     1. ``source`` (``--source``), 2. ``data.source``, 3. ``$FASHION_DATA``,
@@ -222,7 +223,7 @@ def resolve_source(params: Params, source: str | Path | None = None) -> Path:
     5. a Kaggle download of ``data.kaggle_dataset`` when ``data.download`` is true.
     Raises ``DataError`` saying how to get the data when none applies.
     """
-    for origin, value in (("--source", source), ("data.source", params.data.source),
+    for origin, value in (("--source", source), ("data.source", cfg.source),
                           ("$FASHION_DATA", os.environ.get("FASHION_DATA") or None)):
         if value:
             path = Path(value).expanduser()
@@ -232,12 +233,12 @@ def resolve_source(params: Params, source: str | Path | None = None) -> Path:
     shared = Path.cwd().parent / SHARED_RELATIVE
     if (shared / "styles.csv").is_file():
         return shared.resolve()
-    if not params.data.download:
+    if not cfg.download:
         raise DataError(
             "no catalogue found: pass --source DIR, set data.source or $FASHION_DATA, or put the data in "
-            f"{shared} (data.download is false, so no Kaggle download of {params.data.kaggle_dataset})"
+            f"{shared} (data.download is false, so no Kaggle download of {cfg.kaggle_dataset})"
         )
-    return _download_kaggle(params.data.kaggle_dataset)
+    return _download_kaggle(cfg.kaggle_dataset)
 
 
 def stratified_sample(df: pd.DataFrame, n: int, by: str, seed: int) -> pd.DataFrame:
@@ -275,8 +276,8 @@ def _copy_image(src: Path, dest: Path) -> bool:
         from PIL import Image
 
         with Image.open(src) as im:
-            im = im.convert("RGB") if im.mode not in ("RGB", "L") else im
-            im.save(dest, format="JPEG", quality=95)
+            rgb = im.convert("RGB") if im.mode not in ("RGB", "L") else im
+            rgb.save(dest, format="JPEG", quality=95)
     else:
         shutil.copyfile(src, dest)
     return True
@@ -295,24 +296,26 @@ def _run_dvc(args: list[str], cwd: Path) -> None:
         raise DataError(f"`dvc {' '.join(args)}` failed in {cwd}: {(proc.stderr or proc.stdout).strip()[-2000:]}")
 
 
-def import_catalogue(params: Params, source: str | Path | None = None, track: bool = True) -> dict[str, Any]:
-    """Copy a catalogue into ``data.raw_dir`` in the canonical Kaggle layout and track it with DVC.
+def import_catalogue(cfg: DataConfig, paths: PathsConfig, *, source: str | Path | None = None,
+                     track: bool = True, max_examples: int = 10) -> dict[str, Any]:
+    """Copy a catalogue into ``paths.raw_dir`` in the canonical Kaggle layout and track it with DVC.
 
     Folder-per-class sources are converted (``styles.csv`` written, images renamed ``{id}.jpg``,
     PNGs re-encoded as JPEG). ``data.limit`` keeps a stratified (``data.stratify_by``, seeded by
     ``data.seed``) sample. The copy is built in a temp dir next to ``raw_dir`` and swapped in,
     so a failed import leaves the previous ``raw_dir`` intact. Images listed but missing are not
     copied and are counted in ``missing_images`` (validation reports them by id). With ``track``,
-    ``dvc add raw_dir`` creates ``raw_dir.dvc`` (needs a DVC repo above ``raw_dir``).
+    ``dvc add raw_dir`` creates ``raw_dir.dvc`` (needs a DVC repo above ``raw_dir``). The result
+    lists the first ``max_examples`` missing ids (``validate.max_examples`` on the command line).
     """
-    src = resolve_source(params, source)
+    src = resolve_source(cfg, source)
     df = load_catalogue(src)
     total = len(df)
-    if params.data.limit is not None:
-        df = stratified_sample(df, params.data.limit, params.data.stratify_by, params.data.seed)
-    raw = Path(params.data.raw_dir).expanduser().resolve()
+    if cfg.limit is not None:
+        df = stratified_sample(df, cfg.limit, cfg.stratify_by, cfg.seed)
+    raw = Path(paths.raw_dir).expanduser().resolve()
     if src == raw or src in raw.parents:
-        raise DataError(f"source {src} is the destination data.raw_dir (or contains it); pass another --source")
+        raise DataError(f"source {src} is the destination paths.raw_dir (or contains it); pass another --source")
     dvc_root = _dvc_root(raw.parent) if track else None
     if track and dvc_root is None:
         raise DataError(f"{raw}: not inside a DVC repository; run `dvc init` first or import with --no-dvc")
@@ -340,8 +343,8 @@ def import_catalogue(params: Params, source: str | Path | None = None, track: bo
         "rows": len(df),
         "images": len(df) - len(missing),
         "missing_images": len(missing),
-        "missing_ids": missing[: params.validate.max_examples],
+        "missing_ids": missing[:max_examples],
         "converted_png": int(converted),
-        "limit": params.data.limit,
+        "limit": cfg.limit,
         "dvc_file": dvc_file,
     }

@@ -1,10 +1,11 @@
 """``prepare`` stage: filter classes, encode labels, split without duplicate leakage, balance,
 and build the decoded image cache the training stage reads.
 
-Outputs (``prepare.out_dir``, written to a temporary directory and renamed at the end):
-``images.npy`` (uint8 (N, H, W, 3), memory-mappable), ``index.parquet`` (row, id, label,
-label_idx, split, sha256, source_id, is_copy), ``labels.json`` and ``class_weights.json``;
-plus ``prepare.report_path`` (summary.json: counts, dropped classes, duplicate groups, speed).
+Reads the catalogue in ``paths.raw_dir``. Outputs (``paths.prepared_dir``, written to a
+temporary directory and renamed at the end): ``images.npy`` (uint8 (N, H, W, 3),
+memory-mappable), ``index.parquet`` (row, id, label, label_idx, split, sha256, source_id,
+is_copy), ``labels.json`` and ``class_weights.json``; plus ``<paths.reports_dir>/prepare/summary.json``
+(counts, dropped classes, duplicate groups, speed).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from fashionops.atomic import staged_dir, write_json
-from fashionops.config import ConfigError, Params
+from fashionops.config import ConfigError, PathsConfig, PrepareConfig
 from fashionops.data.catalogue import load_catalogue
 from fashionops.data.imaging import decode_files_into
 from fashionops.errors import DataError
@@ -67,7 +68,7 @@ def select_classes(labels: pd.Series, min_images: int, include: Sequence[str] = 
 # --------------------------------------------------------------------------- split
 
 
-def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+def _check_fractions(fractions: Sequence[float] | np.ndarray) -> np.ndarray:
     frac = np.asarray(fractions, dtype=float)
     if frac.shape != (3,) or np.any(frac <= 0) or abs(frac.sum() - 1.0) > 1e-6:
         raise ConfigError(
@@ -83,7 +84,7 @@ def duplicate_groups(hashes: Sequence[str]) -> np.ndarray:
 
 
 def split_groups(labels: Sequence[str], hashes: Sequence[str],
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 42) -> np.ndarray:
+                 fractions: Sequence[float] | np.ndarray = (0.8, 0.1, 0.1), seed: int = 42) -> np.ndarray:
     """Stratified train/val/test split in which byte-identical images share a split.
 
     Rows with the same ``hashes`` value form a group that is assigned as a whole. A group
@@ -94,12 +95,12 @@ def split_groups(labels: Sequence[str], hashes: Sequence[str],
     Returns an array of ``"train" | "val" | "test"`` per row.
     """
     frac = _check_fractions(fractions)
-    labels = np.asarray(list(labels), dtype=object)
-    if len(labels) != len(hashes):
-        raise ValueError(f"split_groups: {len(labels)} labels but {len(hashes)} hashes")
+    label_arr = np.asarray(list(labels), dtype=object)
+    if len(label_arr) != len(hashes):
+        raise ValueError(f"split_groups: {len(label_arr)} labels but {len(hashes)} hashes")
     group = duplicate_groups(hashes)
     n_groups = int(group.max()) + 1 if len(group) else 0
-    frame = pd.DataFrame({"group": group, "label": labels})
+    frame = pd.DataFrame({"group": group, "label": label_arr})
     sizes = np.bincount(group, minlength=n_groups)
     # Majority label per group: most rows, then alphabetical, for determinism.
     majority = (
@@ -208,22 +209,21 @@ def class_weights(train_label_idx: Sequence[int], n_classes: int) -> list[float]
 # --------------------------------------------------------------------------- stage
 
 
-def _report_path(params: Params) -> Path:
-    return Path(params.prepare.report_path)
+def report_path(paths: PathsConfig) -> Path:
+    """Where the stage writes its summary."""
+    return paths.reports("prepare") / "summary.json"
 
 
-
-
-def run_prepare(params: Params) -> dict[str, Any]:
-    """Run the prepare stage on ``data.raw_dir``; returns the summary written to ``prepare.report_path``.
+def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
+    """Run the prepare stage on ``paths.raw_dir`` into ``paths.prepared_dir``; returns the summary
+    written to ``<paths.reports_dir>/prepare/summary.json``.
 
     Raises ``DataError`` if an image is missing or undecodable (naming the file) or no class
     is left after filtering, ``ConfigError`` for bad split fractions or unknown include names.
     """
-    cfg = params.prepare
     started = time.perf_counter()
     fractions = _check_fractions([cfg.split.train, cfg.split.val, cfg.split.test])
-    raw_dir = Path(params.data.raw_dir)
+    raw_dir = Path(paths.raw_dir)
     catalogue = load_catalogue(raw_dir)
     column = cfg.label
 
@@ -241,7 +241,7 @@ def run_prepare(params: Params) -> dict[str, Any]:
     n = len(frame)
     height, width = cfg.image_height, cfg.image_width
 
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(paths.prepared_dir)
     with staged_dir(out_dir) as tmp_dir:  # no half-written cache, ever
         npy = tmp_dir / "images.npy"
         cache = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(n, height, width, 3))
@@ -309,7 +309,7 @@ def run_prepare(params: Params) -> dict[str, Any]:
         "workers": cfg.workers,
         "out_dir": str(out_dir),
     }
-    write_json(_report_path(params), summary)
+    write_json(report_path(paths), summary)
     return summary
 
 

@@ -35,11 +35,11 @@ def load_classifier(params: Params, model_uri: str | None = None) -> Any:
     from fashionops import tracking
 
     uri = resolve_model_uri(params, model_uri)
-    tracking.configure(params)
+    tracking.configure(params.tracking)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
-        raise FashionOpsError(f"cannot load model {uri} (tracking store {tracking.tracking_uri(params)}): "
+        raise FashionOpsError(f"cannot load model {uri} (tracking store {tracking.tracking_uri(params.tracking)}): "
                               f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
 
 

@@ -1,7 +1,7 @@
 """Inference/evaluation preprocessing shared by every stage that feeds a model.
 
 ``preprocess_batch(images, spec)``: uint8 RGB images -> float32 NCHW at the spec's
-``(input_height, input_width)`` (antialiased bilinear resize, no crop, like the training
+``input_size`` (antialiased bilinear resize, no crop, like the training
 cache), scaled to [0, 1] and normalised with the spec's ``mean``/``std``.
 """
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fashionops.errors import DataError
+from fashionops.models.spec import ModelSpec
 
 
 def _to_hwc3(image: np.ndarray | torch.Tensor, index: int) -> torch.Tensor:
@@ -46,17 +47,17 @@ def _scale(t: torch.Tensor) -> torch.Tensor:
 
 def preprocess_batch(
     images: np.ndarray | torch.Tensor | Sequence[np.ndarray],
-    spec: dict,
+    spec: ModelSpec,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """uint8 NHWC array/tensor (or a list of HxWx3 arrays of any size) -> normalised float32 NCHW.
 
-    The result has shape ``(N, 3, spec["input_height"], spec["input_width"])`` on ``device``
+    The result has shape ``(N, 3, *spec.input_size)`` on ``device``
     (default CPU). Greyscale and RGBA inputs are converted to RGB.
     """
-    height, width = int(spec["input_height"]), int(spec["input_width"])
-    mean = torch.tensor(spec.get("mean", [0.0, 0.0, 0.0]), dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.get("std", [1.0, 1.0, 1.0]), dtype=torch.float32).view(1, 3, 1, 1)
+    height, width = spec.input_size
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         if isinstance(images, np.ndarray) and not images.flags.writeable:
             images = np.array(images)  # e.g. a slice of np.load(mmap_mode="r"); torch wants writable memory
@@ -73,9 +74,7 @@ def preprocess_batch(
         if tuple(batch.shape[-2:]) != (height, width):
             batch = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     else:
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3:
-            images = [images]
-        items = list(images)
+        items = [images] if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3 else list(images)
         if not items:
             return torch.empty(0, 3, height, width, device=device)
         resized = []

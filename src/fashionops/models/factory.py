@@ -1,8 +1,9 @@
 """Build, save and load models from a JSON ``model_spec`` (the model contract).
 
 ``model_spec(train, classes, label_column, cache_hw)`` turns ``TrainConfig`` into a
-JSON-serialisable dict; ``build_model(spec)`` builds the ``nn.Module``; ``save_model`` writes
-``weights.pt`` (state_dict) + ``model_spec.json``; ``load_model(dir)`` rebuilds it in eval mode.
+:class:`~fashionops.models.spec.ModelSpec`; ``build_model(spec)`` builds the ``nn.Module``;
+``save_model`` writes ``weights.pt`` (state_dict) + ``model_spec.json``; ``load_model(dir)``
+rebuilds it in eval mode.
 
 Module API (every model built here):
 
@@ -25,7 +26,6 @@ pooling of ViT patch tokens or map positions) -> pooling -> head (``linear | mlp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,11 @@ from fashionops.models.autoencoder import ConvAutoencoder, TimmEncoderAutoencode
 from fashionops.models.backbones import BUILTIN_BACKBONES, Backbone
 from fashionops.models.heads import build_head
 from fashionops.models.pretrained import LITE0_BACKBONES, LITE0_MEAN, LITE0_STD, apply_pretrained
+from fashionops.models.spec import SPEC_FILE, SPEC_VERSION, ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "weights.pt"
-SPEC_VERSION = 1
 
 
 class FashionClassifier(nn.Module):
@@ -124,7 +123,7 @@ def _normalization(train: TrainConfig) -> tuple[list[float], list[float]]:
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def model_spec(train: TrainConfig, classes: list[str], label_column: str, cache_hw: tuple[int, int]) -> dict:
+def model_spec(train: TrainConfig, classes: list[str], label_column: str, cache_hw: tuple[int, int]) -> ModelSpec:
     """JSON-serialisable description of the model ``train`` asks for (see module docstring).
 
     ``cache_hw`` is the prepared cache's (height, width); ``train.input_height/width`` override it.
@@ -153,86 +152,79 @@ def model_spec(train: TrainConfig, classes: list[str], label_column: str, cache_
         "std": std,
         "pretrained": train.pretrained,
     }
+    draft = ModelSpec.from_dict(spec)
     with torch.device("meta"):
-        probe = _build(spec, "none")
-    spec["embedding_dim"] = int(probe.embedding_dim)
-    spec["loss_kind"] = probe.loss_kind
-    return spec
+        probe = _build(draft, "none")
+    return draft.updated(embedding_dim=int(probe.embedding_dim), loss_kind=probe.loss_kind)
 
 
-def _build(spec: dict, source: str) -> nn.Module:
-    hw = (int(spec["input_height"]), int(spec["input_width"]))
-    name = spec["backbone"]
+def _build(spec: ModelSpec, source: str) -> nn.Module:
+    hw = spec.input_size
+    name = spec.backbone
     is_timm = name not in BUILTIN_BACKBONES and name != "conv_autoencoder"
     if source == "timm" and not is_timm:
         raise FashionOpsError(f"train.pretrained=timm: built-in backbone {name!r} has no hub weights; use none or file:PATH")
-    if spec["task"] == "autoencoder":
+    if spec.task == "autoencoder":
         if name == "conv_autoencoder":
-            module: nn.Module = ConvAutoencoder(hw, int(spec["latent_dim"]))
+            module: nn.Module = ConvAutoencoder(hw, spec.latent_dim)
             target: nn.Module = module
         else:
             backbone = Backbone(name, hw, pretrained_timm=source == "timm")
-            module = TimmEncoderAutoencoder(backbone, int(spec["latent_dim"]))
+            module = TimmEncoderAutoencoder(backbone, spec.latent_dim)
             target = backbone.model
-    elif spec["task"] == "classifier":
+    elif spec.task == "classifier":
         if name == "conv_autoencoder":
             raise FashionOpsError("train.backbone=conv_autoencoder needs train.task=autoencoder")
-        if int(spec["num_classes"]) < 1:
+        if spec.num_classes < 1:
             raise FashionOpsError("model spec: num_classes must be at least 1")
         backbone = Backbone(name, hw, pretrained_timm=source == "timm")
         module = FashionClassifier(
             backbone,
-            int(spec["num_classes"]),
-            attention=spec.get("attention", "none"),
-            cbam_reduction=int(spec.get("cbam_reduction", 16)),
-            cbam_kernel=int(spec.get("cbam_kernel", 7)),
-            head=spec.get("head", "linear"),
-            head_hidden=int(spec.get("head_hidden", 512)),
-            dropout=float(spec.get("dropout", 0.0)),
+            spec.num_classes,
+            attention=spec.attention,
+            cbam_reduction=spec.cbam_reduction,
+            cbam_kernel=spec.cbam_kernel,
+            head=spec.head,
+            head_hidden=spec.head_hidden,
+            dropout=spec.dropout,
         )
         target = backbone.model
     else:
-        raise FashionOpsError(f"model spec: unknown task {spec['task']!r}")
+        raise FashionOpsError(f"model spec: unknown task {spec.task!r}")
     report = apply_pretrained(target, source, name)
     module.pretrained_report = report.summary() if report else None
     module.spec = spec
     return module
 
 
-def build_model(spec: dict, pretrained: str | None = None) -> nn.Module:
-    """Build the module a spec describes; ``pretrained`` overrides ``spec["pretrained"]``.
+def build_model(spec: ModelSpec, pretrained: str | None = None) -> nn.Module:
+    """Build the module a spec describes; ``pretrained`` overrides ``spec.pretrained``.
 
     Loading a trained model passes ``"none"`` (its weights come from ``weights.pt``).
     """
-    source = spec.get("pretrained", "none") if pretrained is None else pretrained
+    source = spec.pretrained if pretrained is None else pretrained
     return _build(spec, str(source))
 
 
 
 
-def save_model(out_dir: str | Path, module: nn.Module, spec: dict) -> None:
+def save_model(out_dir: str | Path, module: nn.Module, spec: ModelSpec) -> None:
     """Write ``weights.pt`` (CPU state_dict) and ``model_spec.json`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    text = json.dumps(spec, indent=2, sort_keys=True)
+    text = spec.to_json()
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         torch.save(state, tmp)
     write_text(out / SPEC_FILE, text)
 
 
-def read_spec(model_dir: str | Path) -> dict:
+def read_spec(model_dir: str | Path) -> ModelSpec:
     """``model_spec.json`` of a saved model directory."""
-    path = Path(model_dir) / SPEC_FILE
-    if not path.is_file():
-        raise FashionOpsError(f"no {SPEC_FILE} in {model_dir}: not a saved fashionops model (run `fashionops train`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FashionOpsError(f"{path}: invalid JSON ({exc})") from exc
+    return ModelSpec.read(model_dir)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild a saved model (random init, no download) and load ``weights.pt``; eval mode on ``device``."""
     spec = read_spec(model_dir)
     weights = Path(model_dir) / WEIGHTS_FILE

@@ -127,24 +127,6 @@ def decode_images(model_input: Any, max_pixels: int | None = MAX_PIXELS) -> list
     return out
 
 
-def _load_module(model_dir: str) -> tuple[Any, dict[str, Any]]:
-    from fashionops.models.factory import load_model
-
-    module, spec = load_model(model_dir)
-    module.eval()
-    # Inference only, but never flip autograd off process-wide: callers may train afterwards.
-    module.requires_grad_(False)
-    return module, spec
-
-
-def _resized(images: list[np.ndarray], spec: dict[str, Any]) -> np.ndarray:
-    """Images at the model's input size, as one (N, H, W, 3) uint8 batch."""
-    from fashionops.data.imaging import resize_rgb
-
-    h, w = int(spec["input_height"]), int(spec["input_width"])
-    return np.stack([resize_rgb(img, h, w) for img in images])
-
-
 def _int_param(params: dict[str, Any] | None, key: str, default: int, upper: int) -> int:
     value = (params or {}).get(key, default)
     try:
@@ -160,23 +142,15 @@ class ClassifierModel(PythonModel):
     """Image classifier: decode, resize and normalise inside the model, softmax over ``classes``."""
 
     def load_context(self, context: Any) -> None:
-        self.module, self.spec = _load_module(context.artifacts[CLASSIFIER_ARTIFACT])
-        self.classes: list[str] = list(self.spec["classes"])
+        from fashionops.inference.predictor import Predictor
+
+        self.predictor = Predictor.from_dir(context.artifacts[CLASSIFIER_ARTIFACT])
+        self.classes: list[str] = self.predictor.classes
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
-        import torch
-
-        from fashionops.inference.preprocess import preprocess_batch
-
         top_k = _int_param(params, "top_k", 3, len(self.classes))
-        images = _resized(decode_images(model_input), self.spec)
-        probs = []
-        with torch.inference_mode():
-            for start in range(0, len(images), BATCH_SIZE):
-                x = preprocess_batch(images[start:start + BATCH_SIZE], self.spec, "cpu")
-                probs.append(torch.softmax(self.module(x).float(), dim=1).numpy())
-        p = np.concatenate(probs).astype(np.float64)
-        order = np.argsort(-p, axis=1)[:, :top_k]
+        p = self.predictor.predict_proba(decode_images(model_input), BATCH_SIZE).astype(np.float64)
+        order = self.predictor.top_k(p, top_k)
         return pd.DataFrame({
             "label": [self.classes[o[0]] for o in order],
             "probability": [float(p[i, o[0]]) for i, o in enumerate(order)],
@@ -187,18 +161,18 @@ class ClassifierModel(PythonModel):
 
 
 class VisualSearchModel(PythonModel):
-    """Visual search: embed with the paired embedder, query the Annoy index, return item metadata."""
+    """Visual search: embed with the paired embedder, query the index, return item metadata."""
 
     def load_context(self, context: Any) -> None:
-        from fashionops.search.index import IndexSearcher
+        from fashionops.inference.predictor import Predictor
+        from fashionops.search.searcher import IndexSearcher
 
-        self.module, self.spec = _load_module(context.artifacts[EMBEDDER_ARTIFACT])
+        self.predictor = Predictor.from_dir(context.artifacts[EMBEDDER_ARTIFACT])
         self.searcher = IndexSearcher.load(context.artifacts[INDEX_ARTIFACT])
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
         k = _int_param(params, "k", 5, 1000)
-        images = _resized(decode_images(model_input), self.spec)
-        hits = self.searcher.search_images(self.module, self.spec, images, k)
+        hits = self.searcher.search_images(self.predictor, decode_images(model_input), k)
         cols = {"ids": "id", "names": "productDisplayName", "article_types": "articleType",
                 "master_categories": "masterCategory", "sub_categories": "subCategory",
                 "distances": "distance"}
@@ -267,11 +241,11 @@ def _package_copy(tmp: Path) -> str:
 
 
 def _model_copy(model_dir: Path, tmp: Path, key: str) -> str:
-    """Only what inference needs (weights, spec, run id): training checkpoints stay out.
+    """Only what inference needs (weights, spec): training checkpoints stay out.
     Named after its artifact key, which is also its folder under ``artifacts/`` in the model."""
     dest = tmp / "copies" / key
     dest.mkdir(parents=True)
-    for name in ("weights.pt", "model_spec.json", "run.json"):
+    for name in ("weights.pt", "model_spec.json"):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
     return str(dest)
@@ -299,15 +273,16 @@ def _check_dir(path: str | Path, required: list[str], what: str) -> Path:
 
 def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[str, str] | None = None) -> Any:
     """Log the classifier pyfunc (artifact: the model dir) to the active run; returns ModelInfo."""
-    import json
 
     import mlflow
 
+    from fashionops.models.spec import ModelSpec
+
     model_dir = _check_dir(model_dir, ["weights.pt", "model_spec.json"], "classifier model dir")
-    spec = json.loads((model_dir / "model_spec.json").read_text())
-    meta = {"classes": list(spec.get("classes", [])), "label_column": spec.get("label_column"),
-            "input_height": spec.get("input_height"), "input_width": spec.get("input_width"),
-            "backbone": spec.get("backbone"), "input_schema": "image: encoded image file bytes"}
+    spec = ModelSpec.read(model_dir)
+    meta = {"classes": list(spec.classes), "label_column": spec.label_column,
+            "input_height": spec.input_height, "input_width": spec.input_width,
+            "backbone": spec.backbone, "input_schema": "image: encoded image file bytes"}
     with tempfile.TemporaryDirectory() as tmp:
         return mlflow.pyfunc.log_model(
             name=name, python_model=ClassifierModel(),

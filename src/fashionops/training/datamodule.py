@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from fashionops.config import AugmentConfig, Params
+from fashionops.config import AugmentConfig, TrainConfig
 from fashionops.errors import DataError
+from fashionops.models.spec import ModelSpec
 
 SPLITS = ("train", "val", "test")
 INDEX_COLUMNS = ("row", "id", "label", "label_idx", "split", "is_copy")
@@ -188,12 +189,12 @@ class BatchTransform:
     ``preprocess_batch`` (resize + the spec's mean/std), exactly as at inference.
     """
 
-    def __init__(self, spec: dict[str, Any], augment: AugmentConfig | None = None,
+    def __init__(self, spec: ModelSpec, augment: AugmentConfig | None = None,
                  channels_last: bool = False) -> None:
         self.spec = spec
         self.augment = augment or AugmentConfig(hflip=False)
         self.channels_last = channels_last
-        self.out_hw = (int(spec["input_height"]), int(spec["input_width"]))
+        self.out_hw = spec.input_size
 
     @property
     def geometric(self) -> bool:
@@ -275,7 +276,7 @@ class BatchTransform:
 class FashionDataModule(L.LightningDataModule):
     """Train/val/test loaders over ``data/prepared`` plus the on-device batch transform."""
 
-    def __init__(self, data: PreparedData, spec: dict[str, Any], batch_size: int = 64,
+    def __init__(self, data: PreparedData, spec: ModelSpec, batch_size: int = 64,
                  balance: str = "none", augment: AugmentConfig | None = None, num_workers: int = 0,
                  seed: int = 42, channels_last: bool = False, eval_batch_size: int | None = None,
                  pin_memory: bool = False) -> None:
@@ -301,13 +302,12 @@ class FashionDataModule(L.LightningDataModule):
             raise DataError(f"{data.root / 'index.parquet'}: the val split is empty (needed for checkpoints)")
 
     @classmethod
-    def from_params(cls, params: Params, spec: dict[str, Any], data: PreparedData | None = None,
+    def from_config(cls, cfg: TrainConfig, spec: ModelSpec, data: PreparedData, *, balance: str = "none",
                     channels_last: bool = False, pin_memory: bool = False) -> FashionDataModule:
-        t = params.train
+        """The loaders ``train`` asks for (batch size, augmentation, workers, seed; ``prepare.balance``)."""
         return cls(
-            data or load_prepared(params.prepare.out_dir), spec, batch_size=t.batch_size,
-            balance=params.prepare.balance, augment=t.augment, num_workers=t.num_workers, seed=t.seed,
-            channels_last=channels_last, pin_memory=pin_memory,
+            data, spec, batch_size=cfg.batch_size, balance=balance, augment=cfg.augment,
+            num_workers=cfg.num_workers, seed=cfg.seed, channels_last=channels_last, pin_memory=pin_memory,
         )
 
     @property

@@ -14,7 +14,7 @@ history row and the epoch-level scheduler step are inside the checkpoint a resum
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
+from fashionops.models.spec import ModelSpec
 
 
 def macro_f1(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -65,15 +66,15 @@ class _EpochStats:
 class FashionLitModule(L.LightningModule):
     """Trains a ``factory.build_model`` module (classifier or autoencoder) from ``TrainConfig``."""
 
-    def __init__(self, model: nn.Module, spec: dict[str, Any], train: TrainConfig,
+    def __init__(self, model: nn.Module, spec: ModelSpec, train: TrainConfig,
                  class_weights: list[float] | None = None, weighted_loss: bool = False) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
         self.cfg = train
-        self.task = spec.get("task", "classifier")
-        self.loss_kind = getattr(model, "loss_kind", spec.get("loss_kind", "ce"))
-        self.num_classes = int(spec.get("num_classes", 0))
+        self.task = spec.task
+        self.loss_kind = getattr(model, "loss_kind", spec.loss_kind or "ce")
+        self.num_classes = spec.num_classes
         if weighted_loss:
             if class_weights is None:
                 raise FashionOpsError(
@@ -81,12 +82,14 @@ class FashionLitModule(L.LightningModule):
                     "but data/prepared has no class_weights.json; re-run `fashionops prepare`"
                 )
             if len(class_weights) != self.num_classes:
-                raise FashionOpsError(f"class_weights.json has {len(class_weights)} weights for {self.num_classes} classes")
+                raise FashionOpsError(
+                    f"class_weights.json has {len(class_weights)} weights for {self.num_classes} classes")
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
         else:
             self.class_weights = None
         if self.task == "autoencoder" and self.loss_kind != "mse":
-            raise FashionOpsError(f"task autoencoder needs an autoencoder model (loss mse), got loss {self.loss_kind!r}")
+            raise FashionOpsError(
+                f"task autoencoder needs an autoencoder model (loss mse), got loss {self.loss_kind!r}")
         self.history: list[dict[str, float]] = []
         self._train_stats = _EpochStats()
         self._val_stats = _EpochStats()
@@ -96,7 +99,7 @@ class FashionLitModule(L.LightningModule):
 
     # -- model ---------------------------------------------------------------------------
     @property
-    def monitor(self) -> tuple[str, str]:
+    def monitor(self) -> tuple[str, Literal["min", "max"]]:
         """(metric, mode) for checkpoints, early stopping and the plateau schedule."""
         return ("val_loss", "min") if self.task == "autoencoder" else ("val_macro_f1", "max")
 
@@ -153,12 +156,12 @@ class FashionLitModule(L.LightningModule):
     # -- epoch metrics -------------------------------------------------------------------
     def _gather_sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.trainer is not None and self.trainer.world_size > 1:
-            return self.all_gather(value).sum(0)
+            return cast(torch.Tensor, self.all_gather(value)).sum(0)
         return value
 
     def _gather_cat(self, value: torch.Tensor) -> torch.Tensor:
         if self.trainer is not None and self.trainer.world_size > 1:
-            return self.all_gather(value).flatten(0, 1)  # needs equal sizes: the DDP sampler pads
+            return cast(torch.Tensor, self.all_gather(value)).flatten(0, 1)  # needs equal sizes: the DDP sampler pads
         return value
 
     def _summarise(self, stats: _EpochStats, prefix: str) -> dict[str, float]:
@@ -196,8 +199,9 @@ class FashionLitModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------
     def _param_groups(self) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for p in self.model.parameters():
             if not p.requires_grad:
                 continue
             # no weight decay on biases and norm scales (1-d): decaying them only hurts
@@ -243,7 +247,7 @@ class FashionLitModule(L.LightningModule):
         checkpoint["fashionops"] = {
             "history": list(self.history),
             "plateau": self._plateau.state_dict() if self._plateau is not None else None,
-            "spec": self.spec,
+            "spec": self.spec.to_dict(),
             "train": self.cfg.model_dump(),
         }
 

@@ -1,11 +1,13 @@
 """``train`` stage: Lightning training of the ``model_spec`` network on ``data/prepared``.
 
-``run_train(params, resume)`` writes (see ``docs/architecture.md``):
+``run_train(cfg, paths, tracking, balance=..., resume=...)`` reads ``paths.prepared_dir`` and
+writes (see ``docs/architecture.md``):
 
-* ``<train.out_dir>/{weights.pt, model_spec.json}`` (the best epoch), ``checkpoints/{best,last}.ckpt``
-  and ``run.json`` (the MLflow run later stages reopen);
-* ``<train.report_dir>/metrics.json`` (best validation metrics, epochs, seconds, images/s,
-  device) and ``history.csv`` (one row per epoch).
+* ``<paths.classifier_dir>/{weights.pt, model_spec.json}`` (the best epoch) and
+  ``checkpoints/{best,last}.ckpt``;
+* ``<paths.reports_dir>/train/metrics.json`` (best validation metrics, epochs, seconds, images/s,
+  device), ``history.csv`` (one row per epoch) and ``mlflow_run.json`` (``paths.run_file``: the
+  MLflow run the later stages reopen, written as soon as the run exists).
 
 Placement is automatic: on a CUDA GPU bf16-mixed precision and channels_last memory format, on
 CPU fp32 with torch using every core it may. ``resume=True`` continues from
@@ -18,10 +20,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-import platform
-import random
 import shutil
 import time
 import warnings
@@ -29,17 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from fashionops import tracking
-from fashionops.config import Params, TrainConfig
+from fashionops.config import PathsConfig, TrackingConfig, TrainConfig, flatten
 from fashionops.errors import FashionOpsError
+from fashionops.tracking import configure, read_run_file, run_tags, tracking_uri, write_run_file
+from fashionops.training.callbacks import EpochSeed, Throughput, ThroughputBar
 from fashionops.training.datamodule import FashionDataModule, PreparedData, load_prepared
 from fashionops.training.lit_module import FashionLitModule
+from fashionops.training.runtime import library_versions, resolve_runtime, set_cpu_threads
 
+log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr",
                    "train_acc", "train_macro_f1", "epoch_seconds", "images_per_s"]
@@ -54,162 +57,6 @@ for _pattern in (
     warnings.filterwarnings("ignore", message=_pattern)
 
 
-# -- runtime ------------------------------------------------------------------------------
-def resolve_runtime(cfg: TrainConfig) -> dict[str, Any]:
-    """Accelerator, precision and memory format for ``train.accelerator/precision`` ("auto")."""
-    wants_gpu = cfg.accelerator in ("auto", "gpu", "cuda")
-    cuda = wants_gpu and torch.cuda.is_available()
-    if cfg.accelerator in ("gpu", "cuda") and not cuda:
-        raise FashionOpsError(f"train.accelerator={cfg.accelerator} but no CUDA GPU is visible; use auto or cpu")
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else ("16-mixed" if cuda else "32-true")
-    return {
-        "accelerator": "gpu" if cuda else ("cpu" if cfg.accelerator == "auto" else cfg.accelerator),
-        "cuda": cuda,
-        "precision": precision,
-        # NHWC suits tensor cores on GPU and oneDNN on CPU too: measured 1.6x faster training of
-        # tf_efficientnet_lite0 at 80x60 on the 2-core machine (102 -> 160 images/s).
-        "channels_last": True,
-        "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
-    }
-
-
-def set_cpu_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads: ``threads``, else every core this process may run on.
-
-    On a machine shared with other jobs fewer threads can be much faster (oversubscribed
-    threads spin-wait on each other): ``train.cpu_threads``.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, threads or cores))
-    return torch.get_num_threads()
-
-
-def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
-    """Seed python, numpy and torch (all devices) from (seed, epoch, rank)."""
-    s = (int(seed) * 1_000_003 + int(epoch) * 1009 + int(rank)) % (2**31 - 1)
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
-def library_versions() -> dict[str, str]:
-    import lightning
-    import mlflow
-    import timm
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "lightning": lightning.__version__,
-        "mlflow": mlflow.__version__,
-        "cuda": torch.version.cuda or "none",
-        "cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none",
-    }
-
-
-# -- callbacks ----------------------------------------------------------------------------
-class EpochSeed(Callback):
-    """Reseed every RNG at the start of each training epoch.
-
-    With the sampler also seeded by epoch, what happens in epoch ``e`` depends on ``(seed, e)``
-    and the weights at its start only, which is exactly what ``last.ckpt`` holds.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seed_epoch(self.seed, trainer.current_epoch, trainer.global_rank)
-
-
-class Throughput(Callback):
-    """Training images/s and epoch wall time, measured per epoch (one device sync per epoch)."""
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-        self._t0 = self._epoch_t0 = 0.0
-        self._images = 0
-        self._train_seconds: float | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epochs = list(state_dict.get("epochs", []))
-
-    @staticmethod
-    def _sync(pl_module: L.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sync(pl_module)
-        self._t0 = self._epoch_t0 = time.perf_counter()
-        self._images = 0
-        self._train_seconds = None
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        self._images += int(batch[0].shape[0]) * trainer.world_size
-
-    def _end_train_part(self, pl_module: L.LightningModule) -> None:
-        if self._train_seconds is None:
-            self._sync(pl_module)
-            self._train_seconds = time.perf_counter() - self._t0
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._end_train_part(pl_module)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._record(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # no validation this epoch (limit_val_batches=0): close the epoch here
-        if not self.epochs or self.epochs[-1]["epoch"] != trainer.current_epoch + 1:
-            self._record(trainer, pl_module)
-
-    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._end_train_part(pl_module)
-        seconds = max(self._train_seconds or 0.0, 1e-9)
-        self.epochs.append({
-            "epoch": trainer.current_epoch + 1,
-            "train_images": self._images,
-            "train_seconds": seconds,
-            "epoch_seconds": time.perf_counter() - self._epoch_t0,
-            "images_per_s": self._images / seconds,
-        })
-
-    def live_rate(self) -> float:
-        elapsed = time.perf_counter() - self._t0
-        return self._images / elapsed if elapsed > 0 and self._images else 0.0
-
-
-class ThroughputBar(TQDMProgressBar):
-    """Progress bar showing training images/s and the last validation macro-F1."""
-
-    def __init__(self, throughput: Throughput, refresh_rate: int = 1) -> None:
-        super().__init__(refresh_rate=refresh_rate)
-        self.throughput = throughput
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        items["img/s"] = f"{self.throughput.live_rate():.0f}"
-        for key in ("val_macro_f1", "val_loss"):
-            if key in trainer.callback_metrics:
-                items[key] = f"{float(trainer.callback_metrics[key]):.4f}"
-                break
-        return items
-
-
 # -- tracking -----------------------------------------------------------------------------
 def _existing_run(uri: str, run_id: str) -> bool:
     from mlflow.tracking import MlflowClient
@@ -221,33 +68,35 @@ def _existing_run(uri: str, run_id: str) -> bool:
         return False
 
 
-def resumable_run_id(params: Params) -> str | None:
-    """The MLflow run recorded in ``<train.out_dir>/run.json`` if it is in the configured store."""
-    info = tracking.read_run_file(params.train.out_dir)
-    uri = tracking.tracking_uri(params)
+def resumable_run_id(tracking: TrackingConfig, paths: PathsConfig) -> str | None:
+    """The MLflow run recorded in ``paths.run_file`` if it is in the configured store."""
+    info = read_run_file(paths.run_file)
+    uri = tracking_uri(tracking)
     if info and info.get("tracking_uri") == uri and _existing_run(uri, info["run_id"]):
         return str(info["run_id"])
     return None
 
 
-def make_logger(params: Params, run_id: str | None) -> MLFlowLogger:
+def make_logger(tracking: TrackingConfig, paths: PathsConfig, run_id: str | None) -> MLFlowLogger:
     """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0)."""
     return MLFlowLogger(
-        experiment_name=params.tracking.experiment, tracking_uri=tracking.tracking_uri(params), run_id=run_id,
-        tags=tracking.run_tags(params) if run_id is None else None, log_model=False,
+        experiment_name=tracking.experiment, tracking_uri=tracking_uri(tracking), run_id=run_id,
+        tags=run_tags(paths) if run_id is None else None, log_model=False,
     )
 
 
-def start_tracking(params: Params, logger: MLFlowLogger, resume: bool, runtime: dict[str, Any]) -> str:
+def start_tracking(tracking: TrackingConfig, paths: PathsConfig, logger: MLFlowLogger, resume: bool,
+                   runtime: dict[str, Any], run_config: dict[str, Any]) -> str:
     """Open the logger's run and record what a reviewer needs; returns the run id.
 
-    Logs every param (``params.flat()``), the device and library versions, and writes
-    ``run.json`` at once so a killed run can be resumed into the same MLflow run.
+    Logs every param of ``run_config`` (``section.key`` -> value), the device and library
+    versions, and writes ``paths.run_file`` at once so a killed run can be resumed into the same
+    MLflow run.
     """
     from mlflow.entities import Param, RunTag
 
-    experiment_id = tracking.configure(params)  # before the run exists: the experiment's artifact location
-    uri = tracking.tracking_uri(params)
+    experiment_id = configure(tracking)  # before the run exists: the experiment's artifact location
+    uri = tracking_uri(tracking)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     try:
         client, run_id = logger.experiment, logger.run_id
@@ -259,10 +108,11 @@ def start_tracking(params: Params, logger: MLFlowLogger, resume: bool, runtime: 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    tracking.write_run_file(params.train.out_dir, run_id, logger.experiment_id or experiment_id, uri)
+    assert run_id is not None  # reading logger.experiment created the run
+    write_run_file(paths.run_file, run_id, logger.experiment_id or experiment_id, uri)
 
     logged = client.get_run(run_id).data.params
-    flat = {k: "" if v is None else str(v)[:6000] for k, v in params.flat().items()}
+    flat = {k: "" if v is None else str(v)[:6000] for k, v in run_config.items()}
     changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
     new = [Param(k, v) for k, v in flat.items() if k not in logged]
     for i in range(0, len(new), 100):  # MLflow's batch limit
@@ -320,25 +170,6 @@ def best_row(rows: list[dict[str, Any]], monitor: str, mode: str) -> dict[str, A
     return min(scored, key=lambda r: (sign * r[monitor], r["epoch"]))
 
 
-def print_summary(metrics: dict[str, Any], paths: dict[str, str]) -> None:
-    """One screen at the end of training."""
-    line = "=" * 72
-    out = [line, "fashionops train: summary", line]
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    for key in ("device", "precision", "model", "epochs_run", "best_epoch", "best_val_macro_f1", "best_val_acc",
-                "best_val_loss", "seconds", "images_per_s", "mlflow_run_id"):
-        if metrics.get(key) is not None:
-            out.append(f"  {key:<20} {fmt(metrics[key])}")
-    out.append("  outputs:")
-    for key, value in paths.items():
-        out.append(f"    {key:<18} {value}")
-    out.append(line)
-    print("\n".join(out), flush=True)
-
-
 # -- the stage ----------------------------------------------------------------------------
 def build_trainer(cfg: TrainConfig, runtime: dict[str, Any], ckpt_dir: Path, monitor: tuple[str, str],
                   logger: Any, throughput: Throughput, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
@@ -381,7 +212,7 @@ def build_trainer(cfg: TrainConfig, runtime: dict[str, Any], ckpt_dir: Path, mon
 
 # train params that may change between a run and its resume (placement, paths, patience)
 RESUME_MAY_CHANGE = {"accelerator", "devices", "strategy", "num_nodes", "num_workers", "cpu_threads", "compile",
-                     "precision", "out_dir", "report_dir", "preset", "early_stopping_patience"}
+                     "precision", "preset", "early_stopping_patience"}
 
 
 def check_resumable(last: Path, cfg: TrainConfig) -> None:
@@ -407,17 +238,23 @@ def _best_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
-def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
+def run_train(cfg: TrainConfig, paths: PathsConfig, tracking: TrackingConfig, *, balance: str = "none",
+              resume: bool = False, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train, keep the best epoch, write the model, checkpoints, reports and the MLflow run.
 
+    ``balance`` is ``prepare.balance`` (``class_weights``: weighted loss, ``weighted_sampler``:
+    class-balanced sampling). ``run_config``: the flattened configuration to log as the run's
+    params (the CLI passes all of ``params.yaml``; default: what this function was given).
     Returns the ``metrics.json`` content. ``resume=True`` continues from
-    ``<train.out_dir>/checkpoints/last.ckpt``.
+    ``<paths.classifier_dir>/checkpoints/last.ckpt``.
     """
     from fashionops.models.backbones import freeze_leading_groups
     from fashionops.models.factory import build_model, model_spec, save_model
 
-    cfg = params.train
-    out_dir, report_dir = Path(cfg.out_dir), Path(cfg.report_dir)
+    if run_config is None:
+        run_config = flatten({"paths": paths.model_dump(), "prepare": {"balance": balance},
+                              "train": cfg.model_dump(), "tracking": tracking.model_dump()})
+    out_dir, report_dir = Path(paths.classifier_dir), paths.reports("train")
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
@@ -430,30 +267,30 @@ def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
         set_cpu_threads(cfg.cpu_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    data: PreparedData = load_prepared(params.prepare.out_dir)
+    data: PreparedData = load_prepared(paths.prepared_dir)
     spec = model_spec(cfg, data.classes, data.label_column, data.image_hw)
     # the weights come from the checkpoint on resume: skip loading pretrained ones
     model = build_model(spec, pretrained="none" if resume else None)
     if cfg.freeze_groups:
         frozen = freeze_leading_groups(model, cfg.freeze_groups)
-        print(f"train.freeze_groups={cfg.freeze_groups}: {frozen} backbone tensors frozen"
-              + ("" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)"))
+        log.info("train.freeze_groups=%d: %d backbone tensors frozen%s", cfg.freeze_groups, frozen,
+                 "" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)")
     if runtime["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    weighted = cfg.loss == "weighted_ce" or params.prepare.balance == "class_weights"
+    weighted = cfg.loss == "weighted_ce" or balance == "class_weights"
     if cfg.loss == "mse" and cfg.task != "autoencoder":
         raise FashionOpsError("train.loss=mse is the autoencoder loss; set train.task=autoencoder")
     lit = FashionLitModule(model, spec, cfg, class_weights=data.class_weights, weighted_loss=weighted)
-    dm = FashionDataModule.from_params(params, spec, data=data, channels_last=runtime["channels_last"],
+    dm = FashionDataModule.from_config(cfg, spec, data, balance=balance, channels_last=runtime["channels_last"],
                                        pin_memory=runtime["cuda"])
 
     throughput = Throughput()
-    logger = make_logger(params, resumable_run_id(params) if resume else None)
+    logger = make_logger(tracking, paths, resumable_run_id(tracking, paths) if resume else None)
     trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, logger, throughput)
     if trainer.is_global_zero:  # under DDP only rank 0 touches files and MLflow
         if not resume and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)  # stale best/last of an earlier run must not be resumed or kept
-        run_id = start_tracking(params, logger, resume, runtime)
+        run_id = start_tracking(tracking, paths, logger, resume, runtime, run_config)
         logger.experiment.log_artifact(run_id, str(data.root / "labels.json"), artifact_path="model")
     fit_t0 = time.perf_counter()
     trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if resume else None)
@@ -486,8 +323,8 @@ def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
         "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
         "device": runtime["device_name"],
         "precision": runtime["precision"],
-        "model": f"{spec['backbone']}/{spec.get('head', '')}" if cfg.task == "classifier" else spec["backbone"],
-        "num_classes": spec.get("num_classes"),
+        "model": f"{spec.backbone}/{spec.head}" if cfg.task == "classifier" else spec.backbone,
+        "num_classes": spec.num_classes,
         "train_images": len(dm.datasets["train"]),
         "resumed": resume,
     }
@@ -496,7 +333,7 @@ def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
     report_dir.mkdir(parents=True, exist_ok=True)
     write_history(history_path, rows)
 
-    client, run_id = logger.experiment, logger.run_id
+    client = logger.experiment  # run_id: the run start_tracking opened (this is rank 0)
     metrics["mlflow_run_id"] = run_id
     metrics_path.write_text(json.dumps(metrics, indent=2))
     summary = {f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_") and v is not None}
@@ -510,8 +347,4 @@ def run_train(params: Params, resume: bool = False) -> dict[str, Any]:
     client.set_terminated(run_id, "FINISHED")
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
     metrics["fit_seconds"] = round(fit_seconds, 2)
-    print_summary(metrics, {
-        "model": str(out_dir), "checkpoints": str(ckpt_dir), "metrics": str(metrics_path),
-        "history": str(history_path),
-    })
     return metrics

@@ -1,0 +1,93 @@
+"""``ModelSpec``: the typed contents of ``model_spec.json``, the contract between training and inference.
+
+Everything that rebuilds or feeds a trained model reads it from here: the architecture
+(``task``, ``backbone``, ``attention``, ``head``, ...), the label space (``classes``,
+``label_column``), and the input it expects (``input_height`` x ``input_width`` pixels,
+normalised with ``mean``/``std``). The JSON file is unchanged: ``to_dict()`` writes the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fashionops.errors import FashionOpsError
+
+SPEC_FILE = "model_spec.json"
+SPEC_VERSION = 1
+
+
+class ModelSpec(BaseModel):
+    """What a saved model is and what input it takes (frozen: a spec describes weights on disk)."""
+
+    # Unknown keys are kept, so a spec written by a newer version still loads and round-trips.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    spec_version: int = SPEC_VERSION
+    task: Literal["classifier", "autoencoder"] = "classifier"
+    backbone: str
+    attention: str = "none"
+    cbam_reduction: int = 16
+    cbam_kernel: int = 7
+    head: str = "linear"
+    head_hidden: int = 512
+    dropout: float = 0.0
+    latent_dim: int = 16
+    num_classes: int = 0
+    classes: list[str] = Field(default_factory=list)
+    label_column: str = "articleType"
+    input_height: int = Field(ge=1)
+    input_width: int = Field(ge=1)
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    pretrained: str = "none"
+    embedding_dim: int | None = None
+    loss_kind: str | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels of the images the model takes."""
+        return self.input_height, self.input_width
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "classifier"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict of ``model_spec.json`` (extra keys included)."""
+        return self.model_dump()
+
+    def updated(self, **changes: Any) -> ModelSpec:
+        """A copy with ``changes`` applied and validated."""
+        return ModelSpec.model_validate({**self.to_dict(), **changes})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "model spec") -> ModelSpec:
+        """Validate a spec dict; errors name ``origin`` and the bad key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise FashionOpsError(f"{origin}: {key}: {err['msg']}") from None
+
+    @classmethod
+    def read(cls, model_dir: str | Path) -> ModelSpec:
+        """``model_spec.json`` of a saved model directory."""
+        path = Path(model_dir) / SPEC_FILE
+        if not path.is_file():
+            raise FashionOpsError(f"no {SPEC_FILE} in {model_dir}: not a saved fashionops model (run `fashionops train`)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise FashionOpsError(f"{path}: invalid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise FashionOpsError(f"{path}: expected a JSON object")
+        return cls.from_dict(data, str(path))
+
+    def to_json(self) -> str:
+        """The text of ``model_spec.json`` (sorted keys, as always written)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,172 @@
+"""Run the pipeline's commands in a workspace: DVC stages, the catalogue import, experiments.
+
+Every command runs as a subprocess in the workspace (its paths, git commit and stores) with
+:func:`stage_env`; each output line goes to a ``log`` callback (a flow's run logger) as it
+arrives, and a non-zero exit raises :class:`~fashionops.orchestration.failures.StageFailed`
+with the command's own error message.
+
+* :func:`run_stage` - ``dvc repro --single-item <stage>``: DVC decides whether the stage runs
+  (changed deps/params), is skipped or restored from its run cache.
+* :func:`ensure_raw_data` - ``fashionops import`` (or ``dvc pull``) when the catalogue is missing.
+* :func:`save_experiment` - ``dvc exp save`` so a run is traceable to code, params and data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fashionops.orchestration.failures import PipelineError, StageFailed, error_message
+from fashionops.orchestration.overrides import workspace_params, workspace_path
+
+STAGES: tuple[str, ...] = ("validate", "prepare", "train", "evaluate", "index", "register")
+
+LogFn = Callable[[str], None]
+
+
+def stage_env(flow_run_id: str | None = None, experiment: str | None = None) -> dict[str, str]:
+    """Environment for stage subprocesses: unbuffered output, this interpreter's scripts on PATH,
+    ``FASHIONOPS_FLOW_RUN_ID`` and ``DVC_EXP_NAME`` so MLflow tags the run with them."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    if flow_run_id:
+        env["FASHIONOPS_FLOW_RUN_ID"] = str(flow_run_id)
+    if experiment:
+        env["DVC_EXP_NAME"] = experiment
+    return env
+
+
+def run_command(args: list[str], cwd: str | Path, env: dict[str, str] | None = None,
+                log: LogFn | None = None) -> tuple[int, list[str]]:
+    """Run ``args`` in ``cwd``; stream stdout+stderr line by line to ``log``; (exit status, lines)."""
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        args, cwd=str(cwd), env=env or stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1, errors="replace",
+    )
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            if log:
+                log(line)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.stdout.close()
+    return proc.wait(), lines
+
+
+def dvc_command(*args: str) -> list[str]:
+    """``dvc ...`` with this interpreter's DVC (no reliance on PATH)."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def fashionops_command(*args: str) -> list[str]:
+    """``fashionops ...`` with this interpreter's package (no reliance on PATH)."""
+    return [sys.executable, "-m", "fashionops.cli", *args]
+
+
+def run_stage(stage: str, workspace: str | Path, env: dict[str, str] | None = None,
+              log: LogFn | None = None, force: bool = False) -> dict[str, Any]:
+    """Run one ``dvc.yaml`` stage through DVC (``dvc repro --single-item``).
+
+    DVC skips a stage whose deps, params and outs match ``dvc.lock`` (``status: "skipped"``) or
+    restores it from its run cache (``"restored"``); else it runs the command (``"ran"``).
+    Raises :class:`StageFailed` with the stage's error message on a non-zero exit.
+    """
+    if stage not in STAGES:
+        raise PipelineError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    args = ["repro", "--single-item", stage] + (["--force"] if force else [])
+    start = time.monotonic()
+    code, lines = run_command(dvc_command(*args), cwd=workspace, env=env, log=log)
+    seconds = round(time.monotonic() - start, 2)
+    if code != 0:
+        raise StageFailed.from_output(stage, code, lines)
+    text = "\n".join(lines)
+    if f"Running stage '{stage}'" in text:
+        status = "ran"
+    elif "is cached - skipping run" in text:
+        status = "restored"
+    elif "didn't change, skipping" in text:
+        status = "skipped"
+    else:
+        status = "unknown"
+    return {"stage": stage, "status": status, "seconds": seconds}
+
+
+def ensure_raw_data(workspace: str | Path, source: str | None = None, force: bool = False,
+                    env: dict[str, str] | None = None, log: LogFn | None = None) -> dict[str, Any]:
+    """Import the catalogue (``fashionops import``) when ``data/raw.dvc`` is missing, or when
+    ``force`` (a new ``source`` or a changed ``data.*`` param); otherwise leave it as it is."""
+    params = workspace_params(workspace)
+    raw = workspace_path(workspace, params.paths.raw_dir)
+    dvc_file = raw.with_name(raw.name + ".dvc")
+    if dvc_file.is_file() and not force and not source:
+        if raw.exists():
+            return {"imported": False, "dvc_file": str(dvc_file)}
+        # A fresh clone: the .dvc file is committed but the data is not here yet; fetch it from
+        # the DVC remote, and import from a local source only if that fails.
+        code, lines = run_command(dvc_command("pull", str(dvc_file)), cwd=workspace, env=env, log=log)
+        if code == 0 and raw.exists():
+            return {"imported": False, "pulled": True, "dvc_file": str(dvc_file)}
+        if log:
+            log(f"dvc pull {dvc_file.name} failed ({error_message(lines)}); importing the catalogue instead")
+    args = fashionops_command("import", *(["--source", source] if source else []))
+    code, lines = run_command(args, cwd=workspace, env=env, log=log)
+    if code != 0:
+        raise StageFailed.from_output("import", code, lines)
+    return {"imported": True, "dvc_file": str(dvc_file)}
+
+
+def save_experiment(workspace: str | Path, name: str, env: dict[str, str] | None = None,
+                    log: LogFn | None = None, message: str | None = None) -> str | None:
+    """Record the workspace (code, ``params.yaml``, ``dvc.lock``, and the uncached metrics and
+    plots under ``reports/``) as DVC experiment ``name`` (``dvc exp show`` lists it).
+
+    Needs a git repository with a commit; returns the experiment's name, or None (with a log line
+    saying why) when it cannot be saved, so a finished pipeline run is never failed by it.
+    """
+    args = ["exp", "save", "--force", "-n", name]
+    for path in _untracked_pipeline_files(workspace):
+        args += ["--include-untracked", path]
+    if message:
+        args += ["-m", message]
+    code, lines = run_command(dvc_command(*args), cwd=workspace, env=env, log=log)
+    if code != 0:
+        if log:
+            log(f"dvc exp save failed: {error_message(lines)}")
+        return None
+    return name
+
+
+def _untracked_pipeline_files(workspace: str | Path) -> list[str]:
+    """Files git does not track yet that an experiment needs: ``dvc.lock``, ``*.dvc``, the
+    ``.gitignore`` files DVC writes, and the uncached metrics/plots under ``reports/``."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=str(workspace),
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    keep = []
+    for path in out.splitlines():
+        name = Path(path).name
+        if name in ("dvc.lock", ".gitignore") or name.endswith(".dvc") or path.startswith("reports/"):
+            keep.append(path)
+    return keep
+
+
+def experiment_name(flow_run_name: str | None, prefix: str = "flow") -> str:
+    """A DVC experiment name (a valid git ref part) for a flow run."""
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", flow_run_name or time.strftime("%Y%m%d-%H%M%S")).strip("-")
+    return f"{prefix}-{base}" if base else prefix

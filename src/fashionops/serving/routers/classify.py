@@ -1,0 +1,24 @@
+"""``POST /classify``: a product photo -> its predicted class, the top-k classes and the model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+
+from fashionops.serving.deps import Bundle, ImageQuery, classify_input
+from fashionops.serving.errors import error_responses
+from fashionops.serving.routing import UploadRoute
+from fashionops.serving.schemas import ClassifyResponse
+
+router = APIRouter(route_class=UploadRoute)
+
+
+@router.post("/classify", summary="Classify an uploaded product photo", response_model_exclude_unset=True,
+             responses=error_responses(400, 401, 413, 415, 422))
+async def classify(query: Annotated[ImageQuery, Depends(classify_input)], bundle: Bundle) -> ClassifyResponse:
+    """The photo's predicted class and probability, the ``k`` most probable classes, and the
+    classifier that answered (registry version, alias, source)."""
+    result = await run_in_threadpool(bundle.classify, query.image, query.k)
+    return ClassifyResponse.model_validate({**result, "model": bundle.classifier_answer()})

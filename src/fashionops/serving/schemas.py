@@ -1,0 +1,230 @@
+"""The serving API's request and response bodies as pydantic models (what ``/openapi.json`` shows).
+
+Request fields ``k`` and ``item_id`` are parsed by :func:`parse_k` / :func:`parse_item_id`, with
+the messages the API has always answered. A value that does not parse is not refused while the
+body is validated: the field holds its :class:`FieldError`, raised when a route uses the field
+(:func:`used`). A value the request does not need (a query ``k`` under a body ``k``, an
+``item_id`` beside an upload) has never been an error.
+
+Responses are validated against these models and sent without the optional keys a value did
+not set (``response_model_exclude_unset``), so a body holds exactly the keys it always held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import HTTPException, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, WrapValidator
+
+MAX_K = 50
+
+
+class FieldError(HTTPException):
+    """A request field whose value does not parse (422 with the reason, once the field is used)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(422, detail)
+
+
+def parse_k(value: Any) -> int | None:
+    """``k`` from a form field, JSON or the query string: an integer in [1, MAX_K] (None: not given)."""
+    if value is None:
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise FieldError(f"k must be an integer (got {value!r})") from None
+    if not 1 <= k <= MAX_K:
+        raise FieldError(f"k must be between 1 and {MAX_K} (got {k})")
+    return k
+
+
+def parse_item_id(value: Any) -> int | None:
+    """A catalogue item id from a form field, JSON or the query string (None: not given)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise FieldError("item_id must be an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise FieldError(f"item_id must be an integer (got {value!r})") from None
+
+
+def _parsed_when_used(parse: Callable[[Any], int | None]) -> WrapValidator:
+    """Validate a field with ``parse``; a value that does not parse becomes its ``FieldError``."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return parse(value)
+        except FieldError as exc:
+            return exc
+
+    return WrapValidator(validate)
+
+
+def used(value: int | None) -> int | None:
+    """The value of a ``k``/``item_id`` field a route is about to use; raises its ``FieldError``."""
+    if isinstance(value, FieldError):
+        raise value
+    return value
+
+
+# The JSON schema shows the parsed type: an integer (k: 1..MAX_K) or nothing.
+TopK = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_K)] | None,
+    _parsed_when_used(parse_k),
+    Field(description=f"how many results (1-{MAX_K}; default serve.top_k)"),
+]
+ItemId = Annotated[int | None, _parsed_when_used(parse_item_id), Field(description="a catalogue item id")]
+
+
+# --------------------------------------------------------------------------- requests
+class ClassifyForm(BaseModel):
+    """``POST /classify`` multipart body."""
+
+    file: UploadFile = Field(description="the product photo (JPEG, PNG, WebP, ...)")
+    k: TopK = None
+
+
+class SearchForm(BaseModel):
+    """``POST /search`` multipart (or urlencoded) body: a photo in ``file``, or an ``item_id``."""
+
+    file: UploadFile | None = Field(None, description="the query photo; wins over item_id")
+    item_id: ItemId = None
+    k: TopK = None
+
+
+class SearchByItem(BaseModel):
+    """``POST /search`` JSON body: the items most similar to a catalogue item."""
+
+    item_id: ItemId = None
+    k: TopK = None
+
+
+# --------------------------------------------------------------------------- responses
+class ErrorBody(BaseModel):
+    """Every error response: what went wrong, in words."""
+
+    detail: str
+
+
+class ModelInfo(BaseModel):
+    """The registered model that answered: registry name/version/run, or a local path."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    version: str | int | None = None
+    run_id: str | None = None
+    uri: str | None = None
+    metrics: dict[str, Any] | None = None
+    path: str | None = None  # local models: the directory they were loaded from
+
+
+class IndexInfo(ModelInfo):
+    """The index that answered: its model entry plus the index's own settings."""
+
+    n_items: int | None = None
+    n_trees: int | None = None
+    search_k: int | None = None
+    metric: str | None = None
+    dim: int | None = None
+
+
+class Served(BaseModel):
+    """Where the answering pair came from (added to a response's ``model``)."""
+
+    alias: str | None = None
+    source: str
+
+
+class ClassifierAnswer(ModelInfo, Served):
+    pass
+
+
+class IndexAnswer(IndexInfo, Served):
+    pass
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    """The predicted class, its probability and the top-k classes."""
+
+    label: str
+    probability: float
+    top: list[ClassProbability]
+    model: ClassifierAnswer
+
+
+class Item(BaseModel):
+    """A catalogue item."""
+
+    id: int
+    name: str | None
+    masterCategory: str | None  # the catalogue's column names
+    subCategory: str | None
+    articleType: str | None
+    image_url: str
+    item_url: str
+
+
+class SearchHit(Item):
+    """A search result: an item and its distance to the query (smaller is closer)."""
+
+    distance: float
+
+
+class SearchQuery(BaseModel):
+    """What was searched for: an upload (its file name) or a catalogue item."""
+
+    type: Literal["upload", "item"]
+    filename: str | None = None
+    item: Item | None = None
+
+
+class SearchResponse(BaseModel):
+    query: SearchQuery
+    results: list[SearchHit]
+    model: IndexAnswer
+
+
+class PairInfo(BaseModel):
+    """The classifier/index pair being served."""
+
+    source: str
+    alias: str | None
+    classifier: ModelInfo
+    index: IndexInfo
+    fingerprint: str
+    loaded_at: float
+    items: int
+    classes: int
+    label_column: str | None
+    jit: bool
+
+
+class Health(PairInfo):
+    """``GET /health``: the served pair, reloads and settings."""
+
+    status: Literal["ok"]
+    reloads: int
+    last_reload_error: str | None
+    auth: bool
+    reload_poll_s: float
+
+
+class ReloadResult(PairInfo):
+    """``POST /reload``: whether a new pair was swapped in, then the pair now served."""
+
+    reloaded: bool
+    changed: bool | None = None
+    previous: str | None = None

@@ -1,0 +1,109 @@
+"""Lightning callbacks of the ``train`` stage: per-epoch reseeding (what makes a resumed run retrace
+an uninterrupted one), throughput measurement, and a progress bar that shows it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+from fashionops.training.runtime import seed_epoch
+
+
+class EpochSeed(Callback):
+    """Reseed every RNG at the start of each training epoch.
+
+    With the sampler also seeded by epoch, what happens in epoch ``e`` depends on ``(seed, e)``
+    and the weights at its start only, which is exactly what ``last.ckpt`` holds.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed_epoch(self.seed, trainer.current_epoch, trainer.global_rank)
+
+
+class Throughput(Callback):
+    """Training images/s and epoch wall time, measured per epoch (one device sync per epoch)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self._t0 = self._epoch_t0 = 0.0
+        self._images = 0
+        self._train_seconds: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict.get("epochs", []))
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sync(pl_module)
+        self._t0 = self._epoch_t0 = time.perf_counter()
+        self._images = 0
+        self._train_seconds = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._images += int(batch[0].shape[0]) * trainer.world_size
+
+    def _end_train_part(self, pl_module: L.LightningModule) -> None:
+        if self._train_seconds is None:
+            self._sync(pl_module)
+            self._train_seconds = time.perf_counter() - self._t0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._end_train_part(pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._record(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # no validation this epoch (limit_val_batches=0): close the epoch here
+        if not self.epochs or self.epochs[-1]["epoch"] != trainer.current_epoch + 1:
+            self._record(trainer, pl_module)
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_train_part(pl_module)
+        seconds = max(self._train_seconds or 0.0, 1e-9)
+        self.epochs.append({
+            "epoch": trainer.current_epoch + 1,
+            "train_images": self._images,
+            "train_seconds": seconds,
+            "epoch_seconds": time.perf_counter() - self._epoch_t0,
+            "images_per_s": self._images / seconds,
+        })
+
+    def live_rate(self) -> float:
+        elapsed = time.perf_counter() - self._t0
+        return self._images / elapsed if elapsed > 0 and self._images else 0.0
+
+
+class ThroughputBar(TQDMProgressBar):
+    """Progress bar showing training images/s and the last validation macro-F1."""
+
+    def __init__(self, throughput: Throughput, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.throughput = throughput
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        items["img/s"] = f"{self.throughput.live_rate():.0f}"
+        for key in ("val_macro_f1", "val_loss"):
+            if key in trainer.callback_metrics:
+                items[key] = f"{float(trainer.callback_metrics[key]):.4f}"
+                break
+        return items
