@@ -35,8 +35,9 @@ from fashionops.orchestration.runner import stage_env
 def fetch_champion_task(workspace: str, alias: str, env: dict[str, str]) -> dict[str, Any]:
     """Download the classifier holding ``alias`` from the MLflow registry."""
     dest = str(Path(workspace) / REFRESH_DIR / "embedder")
-    return run_refresh_step(["fetch-champion", "--dest", dest, "--alias", alias], workspace,
-                            env=env, log=log_lines(), name="fetch-champion")
+    return run_refresh_step(
+        ["fetch-champion", "--dest", dest, "--alias", alias], workspace, env=env, log=log_lines(), name="fetch-champion"
+    )
 
 
 @task(name="build-index", **RETRIES)
@@ -46,13 +47,25 @@ def build_index_task(workspace: str, embedder_dir: str, env: dict[str, str]) -> 
 
 
 @task(name="register-index", **RETRIES)
-def register_index_task(workspace: str, index_dir: str, report_dir: str, classifier_version: str,
-                        env: dict[str, str]) -> dict[str, Any]:
+def register_index_task(
+    workspace: str, index_dir: str, report_dir: str, classifier_version: str, env: dict[str, str]
+) -> dict[str, Any]:
     """Register the index as a new visual-search version paired with the champion classifier."""
     return run_refresh_step(
-        ["register-index", "--index-dir", index_dir, "--classifier-version", classifier_version,
-         "--set", f"paths.reports_dir={report_dir}"],
-        workspace, env=env, log=log_lines(), name="register-index")
+        [
+            "register-index",
+            "--index-dir",
+            index_dir,
+            "--classifier-version",
+            classifier_version,
+            "--set",
+            f"paths.reports_dir={report_dir}",
+        ],
+        workspace,
+        env=env,
+        log=log_lines(),
+        name="register-index",
+    )
 
 
 @flow(name="index-refresh", log_prints=True)
@@ -86,8 +99,11 @@ def index_refresh(
         registered = register_index_task(ws, built["index_dir"], built["report_dir"], champion["version"], env)
 
     if built["metrics"]:
-        create_table_artifact(table=metrics_table(built["metrics"]), key="index-refresh-metrics",
-                              description="Recall and latency of the rebuilt index")
+        create_table_artifact(
+            table=metrics_table(built["metrics"]),
+            key="index-refresh-metrics",
+            description="Recall and latency of the rebuilt index",
+        )
     links = registry_links({"index": registered["index"], "classifier": registered["classifier"]}, None)
     publish_links(links)
     summary = {

@@ -34,17 +34,24 @@ from fashionops.orchestration.runner import STAGES, experiment_name, save_experi
 def publish_results(reports: dict[str, Any]) -> list[dict[str, str]]:
     """Metrics and per-class tables, links to the MLflow run and the registered versions."""
     if reports["metrics"]:
-        create_table_artifact(table=metrics_table(reports["metrics"]), key="evaluation-metrics",
-                              description="Test-split metrics (reports/evaluate/metrics.json)")
+        create_table_artifact(
+            table=metrics_table(reports["metrics"]),
+            key="evaluation-metrics",
+            description="Test-split metrics (reports/evaluate/metrics.json)",
+        )
     if reports["per_class"]:
-        create_table_artifact(table=reports["per_class"], key="per-class-metrics",
-                              description="Per-class precision/recall/F1 (reports/evaluate/per_class.csv)")
+        create_table_artifact(
+            table=reports["per_class"],
+            key="per-class-metrics",
+            description="Per-class precision/recall/F1 (reports/evaluate/per_class.csv)",
+        )
     links = registry_links(reports["register"], reports["mlflow_run"])
     publish_links(links)
     if reports["register"] is not None:
         create_markdown_artifact(
             markdown="# Registration\n\n```json\n" + json.dumps(reports["register"], indent=2, default=str) + "\n```",
-            key="registration", description="reports/register/result.json",
+            key="registration",
+            description="reports/register/result.json",
         )
     return links
 
@@ -99,9 +106,17 @@ def training_pipeline(
     exp_name = experiment or experiment_name(flow_run.name)
     env = stage_env(flow_run_id=run_id, experiment=exp_name)
     requested = flow_overrides(
-        label=label, min_images_per_class=min_images_per_class, backbone=backbone, preset=preset,
-        epochs=epochs, image_height=image_height, image_width=image_width, balance=balance,
-        promote=promote, data_limit=data_limit, extra=overrides,
+        label=label,
+        min_images_per_class=min_images_per_class,
+        backbone=backbone,
+        preset=preset,
+        epochs=epochs,
+        image_height=image_height,
+        image_width=image_width,
+        balance=balance,
+        promote=promote,
+        data_limit=data_limit,
+        extra=overrides,
     )
     with workspace_lock(ws, timeout_s=lock_timeout_s, owner=f"flow run {run_id}", log=logger.info):
         changed = apply_overrides(ws, requested)
@@ -120,8 +135,7 @@ def training_pipeline(
                 raise
             if stage == "validate":
                 publish_validation(ws)
-        saved = save_experiment(ws, exp_name, env=env, log=logger.info,
-                                message=f"training-pipeline flow run {run_id}")
+        saved = save_experiment(ws, exp_name, env=env, log=logger.info, message=f"training-pipeline flow run {run_id}")
 
     reports = collect_reports(ws)
     links = publish_results(reports)

@@ -25,8 +25,7 @@ def _print_json(obj: Any) -> None:
 def cmd_import(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.data.catalogue import import_catalogue
 
-    return import_catalogue(p.data, p.paths, source=a.source, track=not a.no_dvc,
-                            max_examples=p.validate.max_examples)
+    return import_catalogue(p.data, p.paths, source=a.source, track=not a.no_dvc, max_examples=p.validate.max_examples)
 
 
 def cmd_validate(p: Params, a: argparse.Namespace) -> Any:
@@ -44,15 +43,19 @@ def cmd_prepare(p: Params, a: argparse.Namespace) -> Any:
 def cmd_train(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.training.stage import CHECKPOINT_DIR, run_train
 
-    metrics = run_train(p.train, p.paths, p.tracking, balance=p.prepare.balance, resume=a.resume,
-                        run_config=p.flat())
+    metrics = run_train(p.train, p.paths, p.tracking, balance=p.prepare.balance, resume=a.resume, run_config=p.flat())
     if metrics:  # empty on the non-zero ranks of a multi-process run
         model_dir = Path(p.paths.classifier_dir)
-        _print_summary("fashionops train: summary", metrics, {
-            "model": str(model_dir), "checkpoints": str(model_dir / CHECKPOINT_DIR),
-            "metrics": str(p.paths.reports("train") / "metrics.json"),
-            "history": str(p.paths.reports("train") / "history.csv"),
-        })
+        _print_summary(
+            "fashionops train: summary",
+            metrics,
+            {
+                "model": str(model_dir),
+                "checkpoints": str(model_dir / CHECKPOINT_DIR),
+                "metrics": str(p.paths.reports("train") / "metrics.json"),
+                "history": str(p.paths.reports("train") / "history.csv"),
+            },
+        )
     return metrics
 
 
@@ -60,8 +63,19 @@ def _print_summary(title: str, metrics: dict[str, Any], outputs: dict[str, str])
     """One screen at the end of training: where it ran, how well, where the outputs are."""
     line = "=" * 72
     out = [line, title, line]
-    for key in ("device", "precision", "model", "epochs_run", "best_epoch", "best_val_macro_f1", "best_val_acc",
-                "best_val_loss", "seconds", "images_per_s", "mlflow_run_id"):
+    for key in (
+        "device",
+        "precision",
+        "model",
+        "epochs_run",
+        "best_epoch",
+        "best_val_macro_f1",
+        "best_val_acc",
+        "best_val_loss",
+        "seconds",
+        "images_per_s",
+        "mlflow_run_id",
+    ):
         value = metrics.get(key)
         if value is not None:
             out.append(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
@@ -154,23 +168,36 @@ def cmd_refresh_register_index(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.orchestration.refresh import format_result
     from fashionops.registry.register import register_index_for
 
-    print(format_result(register_index_for(p.register, p.index, p.paths, p.tracking, a.index_dir,
-                                           a.classifier_version)))
+    print(
+        format_result(register_index_for(p.register, p.index, p.paths, p.tracking, a.index_dir, a.classifier_version))
+    )
     return None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionops", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log level of fashionops' own messages (default: $FASHIONOPS_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level of fashionops' own messages (default: $FASHIONOPS_LOG_LEVEL or INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[Params, argparse.Namespace], Any], help_: str,
-            parent: argparse._SubParsersAction[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        func: Callable[[Params, argparse.Namespace], Any],
+        help_: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser] | None = None,
+    ) -> argparse.ArgumentParser:
         sp = (parent or sub).add_parser(name, help=help_, description=help_)
         sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
         sp.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
             help="override a parameter (repeatable), validated like the file",
         )
         sp.set_defaults(func=func)
@@ -183,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("validate", cmd_validate, "run the Great Expectations suites on a catalogue")
     sp.add_argument("--data", help="catalogue directory (default: paths.raw_dir)")
 
-    add("prepare", cmd_prepare,
-        "filter, encode labels, split without duplicate leakage, balance, build the image cache")
+    add(
+        "prepare", cmd_prepare, "filter, encode labels, split without duplicate leakage, balance, build the image cache"
+    )
 
     sp = add("train", cmd_train, "train the classifier (or autoencoder) with Lightning")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -230,13 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     help_ = "the MLflow steps of the index-refresh flow (run in the workspace)"
     steps = sub.add_parser("refresh", help=help_, description=help_).add_subparsers(
-        dest="step", required=True, metavar="STEP")
-    sp = add("fetch-champion", cmd_refresh_fetch_champion,
-             "download the classifier version holding an alias; prints RESULT {json}", steps)
+        dest="step", required=True, metavar="STEP"
+    )
+    sp = add(
+        "fetch-champion",
+        cmd_refresh_fetch_champion,
+        "download the classifier version holding an alias; prints RESULT {json}",
+        steps,
+    )
     sp.add_argument("--dest", required=True, help="directory to download into (replaced)")
     sp.add_argument("--alias", default="champion")
-    sp = add("register-index", cmd_refresh_register_index,
-             "register an index paired with a classifier version; prints RESULT {json}", steps)
+    sp = add(
+        "register-index",
+        cmd_refresh_register_index,
+        "register an index paired with a classifier version; prints RESULT {json}",
+        steps,
+    )
     sp.add_argument("--index-dir", required=True)
     sp.add_argument("--classifier-version", required=True)
     return parser

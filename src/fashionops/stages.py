@@ -64,8 +64,16 @@ STAGES: dict[str, Stage] = {
     ),
     "register": Stage(
         "fashionops.registry.register:run_register",
-        reads=("classifier_dir", "index_dir", "prepared_dir", "run_file", "reports:evaluate",
-               "reports:index/metrics.json", "reports:validation/summary.json", "reports:validation/data_docs"),
+        reads=(
+            "classifier_dir",
+            "index_dir",
+            "prepared_dir",
+            "run_file",
+            "reports:evaluate",
+            "reports:index/metrics.json",
+            "reports:validation/summary.json",
+            "reports:validation/data_docs",
+        ),
         writes=("reports:register",),
     ),
 }
@@ -89,7 +97,7 @@ def location(paths: PathsConfig, name: str) -> Path:
     ``reports/train/history.csv``)."""
     head, _, rest = name.partition("/")
     if head.startswith(REPORTS):
-        base = paths.reports(head[len(REPORTS):])
+        base = paths.reports(head[len(REPORTS) :])
     elif head == "run_file":
         base = paths.run_file
     elif head in PathsConfig.model_fields:

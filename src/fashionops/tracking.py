@@ -54,11 +54,11 @@ def _user_env_uri() -> str | None:
 
 def _absolute(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        db = Path(uri[len("sqlite:///"):]).resolve()
+        db = Path(uri[len("sqlite:///") :]).resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{db}"
     elif uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -238,7 +238,7 @@ def log_params_flat(flat: dict[str, Any]) -> None:
             mlflow.set_tag(f"param_changed.{key}", text[:5000])
     items = list(new.items())
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-        mlflow.log_params(dict(items[start:start + 100]))
+        mlflow.log_params(dict(items[start : start + 100]))
 
 
 def log_metrics_file(path: str | Path, prefix: str = "") -> dict[str, float]:
@@ -250,8 +250,7 @@ def log_metrics_file(path: str | Path, prefix: str = "") -> dict[str, float]:
         return {}
     data = json.loads(path.read_text())
     metrics = {
-        f"{prefix}{k}": float(v) for k, v in data.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        f"{prefix}{k}": float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     if metrics and mlflow.active_run() is not None:
         mlflow.log_metrics(metrics)
@@ -275,14 +274,21 @@ def log_artifacts_if_present(paths: list[str | Path], artifact_path: str | None 
     return logged
 
 
-def model_card(name: str, spec: Mapping[str, Any], run_params: Mapping[str, str], metrics: dict[str, float],
-               tags: dict[str, str], extra: dict[str, Any] | None = None) -> str:
+def model_card(
+    name: str,
+    spec: Mapping[str, Any],
+    run_params: Mapping[str, str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    extra: dict[str, Any] | None = None,
+) -> str:
     """A short markdown model card: what was trained on what, how well, and how to use it.
 
     ``name``: the registered classifier; ``spec``: its ``model_spec.json``; ``run_params``: the
     params logged in its training run (``train.epochs``, ``prepare.balance``, ...), so the card
     describes the training that made the weights, not today's params.yaml.
     """
+
     def trained(key: str) -> str:
         return run_params.get(key, "?")
 

@@ -28,8 +28,16 @@ from fashionops.config import DataConfig, PathsConfig
 from fashionops.errors import DataError
 
 COLUMNS: list[str] = [
-    "id", "gender", "masterCategory", "subCategory", "articleType",
-    "baseColour", "season", "year", "usage", "productDisplayName",
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
 ]
 STRING_COLUMNS: list[str] = [c for c in COLUMNS if c not in ("id", "year")]
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
@@ -78,7 +86,7 @@ def read_styles(path: str | Path) -> pd.DataFrame:
         fields: list[Any] = _split_line(line)
         if len(fields) > width:
             # Unquoted commas in the last column: join them back instead of dropping data.
-            fields = fields[: width - 1] + [",".join(fields[width - 1:])]
+            fields = fields[: width - 1] + [",".join(fields[width - 1 :])]
         elif len(fields) < width:
             raise DataError(
                 f"{path}:{lineno}: expected {width} fields ({','.join(header)}), got {len(fields)}: {line[:120]!r}"
@@ -149,14 +157,16 @@ def _load_folders(root: Path) -> pd.DataFrame:
         raise DataError(f"{root}: no .jpg/.jpeg/.png images in class folders")
     labels = pd.Series([p.parent.name for p in files], dtype="string")
     # Stable ids: position in the sorted relative paths, from 1.
-    df = pd.DataFrame({
-        "id": pd.Series(np.arange(1, len(files) + 1), dtype="int64"),
-        "masterCategory": labels,
-        "subCategory": labels,
-        "articleType": labels,
-        "productDisplayName": pd.Series([p.stem for p in files], dtype="string"),
-        "file": [str(p.resolve()) for p in files],
-    })
+    df = pd.DataFrame(
+        {
+            "id": pd.Series(np.arange(1, len(files) + 1), dtype="int64"),
+            "masterCategory": labels,
+            "subCategory": labels,
+            "articleType": labels,
+            "productDisplayName": pd.Series([p.stem for p in files], dtype="string"),
+            "file": [str(p.resolve()) for p in files],
+        }
+    )
     return df
 
 
@@ -223,8 +233,11 @@ def resolve_source(cfg: DataConfig, source: str | Path | None = None) -> Path:
     5. a Kaggle download of ``data.kaggle_dataset`` when ``data.download`` is true.
     Raises ``DataError`` saying how to get the data when none applies.
     """
-    for origin, value in (("--source", source), ("data.source", cfg.source),
-                          ("$FASHION_DATA", os.environ.get("FASHION_DATA") or None)):
+    for origin, value in (
+        ("--source", source),
+        ("data.source", cfg.source),
+        ("$FASHION_DATA", os.environ.get("FASHION_DATA") or None),
+    ):
         if value:
             path = Path(value).expanduser()
             if not path.is_dir():
@@ -296,8 +309,9 @@ def _run_dvc(args: list[str], cwd: Path) -> None:
         raise DataError(f"`dvc {' '.join(args)}` failed in {cwd}: {(proc.stderr or proc.stdout).strip()[-2000:]}")
 
 
-def import_catalogue(cfg: DataConfig, paths: PathsConfig, *, source: str | Path | None = None,
-                     track: bool = True, max_examples: int = 10) -> dict[str, Any]:
+def import_catalogue(
+    cfg: DataConfig, paths: PathsConfig, *, source: str | Path | None = None, track: bool = True, max_examples: int = 10
+) -> dict[str, Any]:
     """Copy a catalogue into ``paths.raw_dir`` in the canonical Kaggle layout and track it with DVC.
 
     Folder-per-class sources are converted (``styles.csv`` written, images renamed ``{id}.jpg``,

@@ -53,10 +53,7 @@ def _check_pixels(width: int, height: int, max_pixels: int | None, label: str) -
     if width <= 0 or height <= 0:
         raise DataError(f"{label}: image has no pixels ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise DataError(
-            f"{label}: image too large: {width}x{height} = {width * height} pixels "
-            f"(limit {max_pixels})"
-        )
+        raise DataError(f"{label}: image too large: {width}x{height} = {width * height} pixels (limit {max_pixels})")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -155,8 +152,7 @@ def _decode_jpeg_fast(data: bytes, max_pixels: int | None, label: str) -> np.nda
     return pixels if mode == "RGB" else np.repeat(pixels[:, :, None], 3, axis=2)
 
 
-def _decode_bytes(data: bytes, label: str, max_pixels: int | None,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
+def _decode_bytes(data: bytes, label: str, max_pixels: int | None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Bytes of an image file -> (H, W, 3) uint8, optionally resized to ``size`` = (H, W)."""
     if not data:
         raise DataError(f"{label}: empty file (0 bytes)")
@@ -182,9 +178,7 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int | None,
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise DataError(f"{label}: truncated or corrupt image ({text})") from None
         raise DataError(f"{label}: cannot decode image ({text})") from None
-    if "exif" in img.info:
-        img = ImageOps.exif_transpose(img)
-    rgb = _to_rgb(img)
+    rgb = _to_rgb(ImageOps.exif_transpose(img) if "exif" in img.info else img)
     if size is not None:
         rgb = resize_rgb(rgb, size[0], size[1])
     return rgb
@@ -234,8 +228,7 @@ def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(resized)
 
 
-def decode_file(path: str | Path, height: int, width: int,
-                max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+def decode_file(path: str | Path, height: int, width: int, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Fast path for the training cache: file -> ((height, width, 3) uint8, sha256 of its bytes).
 
     Reads the file once, hashes the bytes and decodes them with the same rules as
@@ -253,8 +246,7 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(_read_bytes(Path(path), label)).hexdigest()
 
 
-def decode_files_into(npy_path: str | Path, start: int, files: list[str], height: int,
-                      width: int) -> list[str]:
+def decode_files_into(npy_path: str | Path, start: int, files: list[str], height: int, width: int) -> list[str]:
     """Decode ``files`` into rows ``start, start+1, ...`` of an existing uint8 (N, height, width, 3)
     ``.npy`` file; several processes may fill disjoint row ranges of one file at once.
 
@@ -276,7 +268,7 @@ def decode_files_into(npy_path: str | Path, start: int, files: list[str], height
     for k, path in enumerate(files):
         buffer[k], digest = decode_file(path, height, width)
         hashes.append(digest)
-    view = memoryview(buffer.reshape(-1))
+    view = buffer.reshape(-1).data  # a flat byte view of the rows
     fd = os.open(npy_path, os.O_WRONLY)
     try:
         written = 0

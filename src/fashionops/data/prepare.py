@@ -39,8 +39,9 @@ _COPY_ID_BASE = -1
 # --------------------------------------------------------------------------- filtering
 
 
-def select_classes(labels: pd.Series, min_images: int, include: Sequence[str] = (),
-                   exclude: Sequence[str] = (), column: str = "label") -> tuple[list[str], dict[str, str]]:
+def select_classes(
+    labels: pd.Series, min_images: int, include: Sequence[str] = (), exclude: Sequence[str] = (), column: str = "label"
+) -> tuple[list[str], dict[str, str]]:
     """Classes to keep and why the others were dropped.
 
     ``include`` (if non-empty) restricts to those classes, ``exclude`` removes classes, then
@@ -83,8 +84,12 @@ def duplicate_groups(hashes: Sequence[str]) -> np.ndarray:
     return codes
 
 
-def split_groups(labels: Sequence[str], hashes: Sequence[str],
-                 fractions: Sequence[float] | np.ndarray = (0.8, 0.1, 0.1), seed: int = 42) -> np.ndarray:
+def split_groups(
+    labels: Sequence[str],
+    hashes: Sequence[str],
+    fractions: Sequence[float] | np.ndarray = (0.8, 0.1, 0.1),
+    seed: int = 42,
+) -> np.ndarray:
     """Stratified train/val/test split in which byte-identical images share a split.
 
     Rows with the same ``hashes`` value form a group that is assigned as a whole. A group
@@ -104,9 +109,13 @@ def split_groups(labels: Sequence[str], hashes: Sequence[str],
     sizes = np.bincount(group, minlength=n_groups)
     # Majority label per group: most rows, then alphabetical, for determinism.
     majority = (
-        frame.groupby(["group", "label"]).size().rename("n").reset_index()
+        frame.groupby(["group", "label"])
+        .size()
+        .rename("n")
+        .reset_index()
         .sort_values(["group", "n", "label"], ascending=[True, False, True])
-        .drop_duplicates("group").set_index("group")["label"]
+        .drop_duplicates("group")
+        .set_index("group")["label"]
     )
     group_split = np.empty(n_groups, dtype=np.int8)
     rng = np.random.default_rng(seed)
@@ -127,8 +136,7 @@ def split_groups(labels: Sequence[str], hashes: Sequence[str],
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_into(npy_path: Path, files: Sequence[str], height: int, width: int,
-                workers: int) -> list[str]:
+def decode_into(npy_path: Path, files: Sequence[str], height: int, width: int, workers: int) -> list[str]:
     """Decode ``files`` into rows 0..len-1 of the existing ``.npy`` at ``npy_path`` in parallel.
 
     Each worker process opens the file as a memmap and fills its own slice. Returns the
@@ -137,22 +145,21 @@ def decode_into(npy_path: Path, files: Sequence[str], height: int, width: int,
     files = [str(f) for f in files]
     # ~4 tasks per worker at least, so a slow chunk does not leave the other workers idle.
     size = max(64, min(_CHUNK, -(-len(files) // (4 * max(1, workers)))))
-    chunks = [(start, files[start:start + size]) for start in range(0, len(files), size)]
+    chunks = [(start, files[start : start + size]) for start in range(0, len(files), size)]
     hashes: list[str] = [""] * len(files)
     if workers <= 1 or len(chunks) <= 1:
         for start, part in chunks:
-            hashes[start:start + len(part)] = decode_files_into(str(npy_path), start, part, height, width)
+            hashes[start : start + len(part)] = decode_files_into(str(npy_path), start, part, height, width)
         return hashes
     # spawn: safe whatever threads the caller (Prefect, a server) is running.
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [
-            (start, pool.submit(decode_files_into, str(npy_path), start, part, height, width))
-            for start, part in chunks
+            (start, pool.submit(decode_files_into, str(npy_path), start, part, height, width)) for start, part in chunks
         ]
         try:
             for start, future in futures:
                 part = future.result()
-                hashes[start:start + len(part)] = part
+                hashes[start : start + len(part)] = part
         except BaseException:
             # First bad image ends the run: do not decode the remaining chunks.
             pool.shutdown(wait=True, cancel_futures=True)
@@ -173,8 +180,7 @@ def augment_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     angle = float(rng.uniform(-10, 10))
     shift_x = int(rng.integers(-max(1, width // 12), max(1, width // 12) + 1))
     shift_y = int(rng.integers(-max(1, height // 12), max(1, height // 12) + 1))
-    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(shift_x, shift_y),
-                     fillcolor=(255, 255, 255))
+    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(shift_x, shift_y), fillcolor=(255, 255, 255))
     # Brightness jitter that keeps the white background white (scaling the whole image
     # would give copies a grey background: a cue that only copies carry).
     ink = 255.0 - np.asarray(img, dtype=np.float32)
@@ -200,7 +206,7 @@ def plan_oversample(index: pd.DataFrame, target: int, seed: int) -> list[tuple[i
 
 
 def class_weights(train_label_idx: Sequence[int], n_classes: int) -> list[float]:
-    """"Balanced" weights n_train / (n_classes * count_c) from train-split counts (count >= 1)."""
+    """ "Balanced" weights n_train / (n_classes * count_c) from train-split counts (count >= 1)."""
     counts = np.bincount(np.asarray(train_label_idx, dtype=np.int64), minlength=n_classes).astype(float)
     total = counts.sum()
     return [float(w) for w in total / (n_classes * np.maximum(counts, 1.0))]
@@ -253,16 +259,18 @@ def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
         frame["sha256"] = hashes
         frame["split"] = split_groups(frame["label"], hashes, fractions, cfg.seed)
         label_idx = {name: i for i, name in enumerate(classes)}
-        index = pd.DataFrame({
-            "row": np.arange(n, dtype=np.int64),
-            "id": frame["id"].astype(np.int64),
-            "label": frame["label"],
-            "label_idx": frame["label"].map(label_idx).astype(np.int64),
-            "split": frame["split"].astype(str),
-            "sha256": frame["sha256"],
-            "source_id": frame["id"].astype(np.int64),
-            "is_copy": False,
-        })
+        index = pd.DataFrame(
+            {
+                "row": np.arange(n, dtype=np.int64),
+                "id": frame["id"].astype(np.int64),
+                "label": frame["label"],
+                "label_idx": frame["label"].map(label_idx).astype(np.int64),
+                "split": frame["split"].astype(str),
+                "sha256": frame["sha256"],
+                "source_id": frame["id"].astype(np.int64),
+                "is_copy": False,
+            }
+        )
 
         n_copies = 0
         if cfg.balance == "oversample":
@@ -330,14 +338,16 @@ def _append_copies(npy: Path, index: pd.DataFrame, plan: list[tuple[int, int]], 
     del out, originals
     os.replace(bigger, npy)
     source = index.set_index("row").loc[[row for row, _ in plan]].reset_index(drop=True)
-    copies = pd.DataFrame({
-        "row": np.arange(n, n + len(plan), dtype=np.int64),
-        "id": _COPY_ID_BASE - np.arange(len(plan), dtype=np.int64),
-        "label": source["label"],
-        "label_idx": source["label_idx"],
-        "split": "train",
-        "sha256": source["sha256"],  # the content the copy was made from (keeps duplicate checks valid)
-        "source_id": source["id"],
-        "is_copy": True,
-    }).astype(index.dtypes.to_dict())
+    copies = pd.DataFrame(
+        {
+            "row": np.arange(n, n + len(plan), dtype=np.int64),
+            "id": _COPY_ID_BASE - np.arange(len(plan), dtype=np.int64),
+            "label": source["label"],
+            "label_idx": source["label_idx"],
+            "split": "train",
+            "sha256": source["sha256"],  # the content the copy was made from (keeps duplicate checks valid)
+            "source_id": source["id"],
+            "is_copy": True,
+        }
+    ).astype(index.dtypes.to_dict())
     return pd.concat([index, copies], ignore_index=True)

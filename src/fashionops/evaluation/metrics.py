@@ -39,8 +39,9 @@ def present_labels(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return np.union1d(np.unique(y_true), np.unique(y_pred))
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
-                           n_classes: int) -> dict[str, float]:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_classes: int
+) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro/weighted P/R/F1, macro specificity, OvR ROC-AUC, macro AUPRC, log loss.
 
     ``proba`` (N, n_classes) rows sum to 1. Precision of a class never predicted is 0 (not NaN).
@@ -87,8 +88,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
         out["roc_auc_ovr"] = float(np.mean(aucs)) if aucs else float("nan")
         out["macro_auprc"] = float(np.mean(aps)) if aps else float("nan")
         # sklearn clips at float eps itself; renormalise so float32 softmax rounding is no error
-        out["log_loss"] = float(log_loss(y_true, proba / proba.sum(axis=1, keepdims=True),
-                                         labels=np.arange(n_classes)))
+        out["log_loss"] = float(log_loss(y_true, proba / proba.sum(axis=1, keepdims=True), labels=np.arange(n_classes)))
     return out
 
 
@@ -108,13 +108,20 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[s
     labels = present_labels(y_true, y_pred)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
     spec = specificity_per_class(confusion(y_true, y_pred, len(classes)))[labels]
-    df = pd.DataFrame({"class": [classes[int(i)] for i in labels], "precision": p, "recall": r, "f1": f,
-                       "support": s.astype(int), "specificity": spec})
+    df = pd.DataFrame(
+        {
+            "class": [classes[int(i)] for i in labels],
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "support": s.astype(int),
+            "specificity": spec,
+        }
+    )
     return df.sort_values(["support", "class"], ascending=[False, True]).reset_index(drop=True)
 
 
-def misclassified_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
-                        top: int = 20) -> pd.DataFrame:
+def misclassified_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], top: int = 20) -> pd.DataFrame:
     """The ``top`` most frequent (true, predicted) confusions with their count, share of the true class."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -122,8 +129,13 @@ def misclassified_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequenc
     off = cm.copy()
     np.fill_diagonal(off, 0)
     t, p = np.nonzero(off)
-    df = pd.DataFrame({"true": [classes[int(i)] for i in t], "predicted": [classes[int(j)] for j in p],
-                       "count": off[t, p].astype(int)})
+    df = pd.DataFrame(
+        {
+            "true": [classes[int(i)] for i in t],
+            "predicted": [classes[int(j)] for j in p],
+            "count": off[t, p].astype(int),
+        }
+    )
     df["share_of_true"] = df["count"] / cm.sum(axis=1)[t]
     df = df.sort_values(["count", "true", "predicted"], ascending=[False, True, True]).head(top)
     return df.reset_index(drop=True)
@@ -133,8 +145,11 @@ def report_markdown(report: pd.DataFrame, metrics: dict[str, float], title: str 
     """The per-class table as Markdown with the headline metrics on top."""
     head = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auprc", "roc_auc_ovr", "log_loss"]
     lines = [f"# {title}", ""]
-    lines += [f"- **{k}**: {metrics[f'test_{k}']:.4f}" for k in head
-              if f"test_{k}" in metrics and metrics[f"test_{k}"] is not None]
+    lines += [
+        f"- **{k}**: {metrics[f'test_{k}']:.4f}"
+        for k in head
+        if f"test_{k}" in metrics and metrics[f"test_{k}"] is not None
+    ]
     lines += ["", "| class | precision | recall | f1 | support | specificity |", "|---|---:|---:|---:|---:|---:|"]
     for row in report.itertuples(index=False):
         lines.append(f"| {row[0]} | {row[1]:.3f} | {row[2]:.3f} | {row[3]:.3f} | {int(row[4])} | {row[5]:.4f} |")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 matplotlib.use("Agg")  # headless: stages run under DVC/Prefect without a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 from fashionops.atomic import atomic_path
 
@@ -26,8 +26,12 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Path,
-                          title: str = "Normalised confusion matrix (rows: true class)") -> Path:
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str = "Normalised confusion matrix (rows: true class)",
+) -> Path:
     """Row-normalised confusion matrix, classes sorted by support so big classes sit together.
 
     Sized to stay readable at 50+ classes: the figure grows with the class count and the tick
@@ -56,8 +60,15 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
         for i in range(n):
             for j in range(n):
                 if norm[i, j] >= 0.01:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=font - 2,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font - 2,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return save_figure(fig, path, dpi=120 if n > 30 else 100)
 
@@ -108,8 +119,9 @@ def plot_training_curves(history: pd.DataFrame | None, path: str | Path) -> Path
     return save_figure(fig, path)
 
 
-def plot_retrieval(queries: list[tuple[np.ndarray, str]],
-                   results: list[list[tuple[np.ndarray, str]]], path: str | Path) -> Path:
+def plot_retrieval(
+    queries: list[tuple[np.ndarray, str]], results: list[list[tuple[np.ndarray, str]]], path: str | Path
+) -> Path:
     """One row per query: the query image then its results, each captioned (label, distance)."""
     rows = max(1, len(queries))
     cols = 1 + max((len(r) for r in results), default=0)

@@ -74,7 +74,7 @@ def pyfunc_model(uri: str, tracking: TrackingConfig, batch_size: int) -> Scoring
     configure(tracking)
     try:
         model = mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # noqa: BLE001 - MlflowException, OSError: all mean "cannot load this URI"
+    except Exception as exc:
         raise FashionOpsError(f"cannot load model {uri!r}: {str(exc)[:300]}") from exc
     meta = (model.metadata.metadata or {}) if model.metadata else {}
     classes = meta.get("classes")
@@ -85,7 +85,7 @@ def pyfunc_model(uri: str, tracking: TrackingConfig, batch_size: int) -> Scoring
         out = []
         for start in range(0, len(images), batch_size):
             # encoded PNG bytes: exactly the model's input schema (binary), lossless
-            cells = [img if isinstance(img, bytes) else _png_bytes(img) for img in images[start:start + batch_size]]
+            cells = [img if isinstance(img, bytes) else _png_bytes(img) for img in images[start : start + batch_size]]
             res = model.predict(images_frame(cells))
             out.append(np.asarray([np.asarray(p, dtype=np.float64) for p in res["probabilities"]]))
         return np.concatenate(out)

@@ -32,12 +32,21 @@ from fashionops.evaluation.scoring import Scored, local_model, pyfunc_model, sco
 
 log = logging.getLogger(__name__)
 
-REPORT_FILES = ["metrics.json", "per_class.csv", "per_class.md", "misclassified_pairs.csv", "predictions.csv",
-                "confusion_matrix.png", "per_class_f1.png", "training_curves.png"]
+REPORT_FILES = [
+    "metrics.json",
+    "per_class.csv",
+    "per_class.md",
+    "misclassified_pairs.csv",
+    "predictions.csv",
+    "confusion_matrix.png",
+    "per_class_f1.png",
+    "training_curves.png",
+]
 
 
-def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path | None,
-                  top_misclassified: int = 20) -> dict[str, Any]:
+def write_reports(
+    scored: Scored, out_dir: str | Path, history_csv: str | Path | None, top_misclassified: int = 20
+) -> dict[str, Any]:
     """Every evaluate output from one scored set; returns the ``test_``-prefixed metrics."""
     from fashionops.evaluation.plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
 
@@ -52,11 +61,18 @@ def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path |
     write_text(out / "per_class.csv", report.to_csv(index=False))
     write_text(out / "per_class.md", report_markdown(report, metrics))
     write_text(out / "misclassified_pairs.csv", pairs.to_csv(index=False))
-    write_text(out / "predictions.csv", pd.DataFrame(
-        {"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(index=False))
+    write_text(
+        out / "predictions.csv",
+        pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
+            index=False
+        ),
+    )
     seen = present_labels(y_true, y_pred)
-    plot_confusion_matrix(confusion(y_true, y_pred, len(classes))[np.ix_(seen, seen)],
-                          [classes[i] for i in seen], out / "confusion_matrix.png")
+    plot_confusion_matrix(
+        confusion(y_true, y_pred, len(classes))[np.ix_(seen, seen)],
+        [classes[i] for i in seen],
+        out / "confusion_matrix.png",
+    )
     plot_per_class_f1(report, out / "per_class_f1.png")
     history = pd.read_csv(history_csv) if history_csv and Path(history_csv).is_file() else None
     plot_training_curves(history, out / "training_curves.png")
@@ -64,8 +80,14 @@ def write_reports(scored: Scored, out_dir: str | Path, history_csv: str | Path |
     return metrics
 
 
-def run_evaluate(cfg: EvaluateConfig, paths: PathsConfig, tracking: TrackingConfig, *,
-                 model_uri: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+def run_evaluate(
+    cfg: EvaluateConfig,
+    paths: PathsConfig,
+    tracking: TrackingConfig,
+    *,
+    model_uri: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
     """Score a classifier and write/log the evaluation reports.
 
     ``model_uri``: an MLflow pyfunc URI (default: the trained model in ``paths.classifier_dir``).
@@ -77,19 +99,33 @@ def run_evaluate(cfg: EvaluateConfig, paths: PathsConfig, tracking: TrackingConf
 
     from fashionops.tracking import configure, pipeline_run, run_tags
 
-    model = (pyfunc_model(model_uri, tracking, cfg.batch_size) if model_uri
-             else local_model(paths.classifier_dir, cfg.batch_size))
+    model = (
+        pyfunc_model(model_uri, tracking, cfg.batch_size)
+        if model_uri
+        else local_model(paths.classifier_dir, cfg.batch_size)
+    )
     scored = score_catalogue(model, data_dir) if data_dir else score_test_split(model, paths.prepared_dir)
     out = paths.reports("evaluate")
     metrics = write_reports(scored, out, paths.reports("train") / "history.csv", cfg.top_misclassified)
-    log.info("test accuracy %.4f, macro-F1 %.4f on %d images (%s)", metrics["test_accuracy"],
-             metrics["test_macro_f1"], int(metrics["test_n_samples"]), scored.source)
+    log.info(
+        "test accuracy %.4f, macro-F1 %.4f on %d images (%s)",
+        metrics["test_accuracy"],
+        metrics["test_macro_f1"],
+        int(metrics["test_n_samples"]),
+        scored.source,
+    )
 
     ctx: Any
     if model_uri or data_dir:
-        ctx = mlflow.start_run(experiment_id=configure(tracking), run_name="evaluate",
-                               tags={**run_tags(paths), "evaluate_model_uri": model_uri or paths.classifier_dir,
-                                     "evaluate_data": scored.source})
+        ctx = mlflow.start_run(
+            experiment_id=configure(tracking),
+            run_name="evaluate",
+            tags={
+                **run_tags(paths),
+                "evaluate_model_uri": model_uri or paths.classifier_dir,
+                "evaluate_data": scored.source,
+            },
+        )
     else:
         ctx = pipeline_run(tracking, paths)
     with ctx as run:
@@ -97,5 +133,11 @@ def run_evaluate(cfg: EvaluateConfig, paths: PathsConfig, tracking: TrackingConf
         for name in REPORT_FILES:
             mlflow.log_artifact(str(out / name), artifact_path="evaluate")
         run_id = run.info.run_id
-    return {"metrics": metrics, "excluded_classes": scored.excluded, "data": scored.source,
-            "model": model_uri or str(paths.classifier_dir), "out_dir": str(out), "mlflow_run_id": run_id}
+    return {
+        "metrics": metrics,
+        "excluded_classes": scored.excluded,
+        "data": scored.source,
+        "model": model_uri or str(paths.classifier_dir),
+        "out_dir": str(out),
+        "mlflow_run_id": run_id,
+    }

@@ -39,12 +39,15 @@ def load_classifier(params: Params, model_uri: str | None = None) -> Any:
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
-        raise FashionOpsError(f"cannot load model {uri} (tracking store {tracking.tracking_uri(params.tracking)}): "
-                              f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise FashionOpsError(
+            f"cannot load model {uri} (tracking store {tracking.tracking_uri(params.tracking)}): "
+            f"{str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
 
 
-def predict_images(params: Params, images: Iterable[str | Path], model_uri: str | None = None,
-                   k: int = 3) -> Iterator[dict[str, Any]]:
+def predict_images(
+    params: Params, images: Iterable[str | Path], model_uri: str | None = None, k: int = 3
+) -> Iterator[dict[str, Any]]:
     """Classify image files; yields one JSON-able dict per image, in order:
     ``{"file", "label", "probability", "top_k": [{"label", "probability"}, ...]}``, or
     ``{"file", "error"}`` for a file that is not a readable image (the others are still scored).
@@ -71,8 +74,10 @@ def predict_images(params: Params, images: Iterable[str | Path], model_uri: str 
                 "file": name,
                 "label": row["label"],
                 "probability": round(float(row["probability"]), 6),
-                "top_k": [{"label": lab, "probability": round(float(p), 6)}
-                          for lab, p in zip(row["top_labels"], row["top_probabilities"])],
+                "top_k": [
+                    {"label": lab, "probability": round(float(p), 6)}
+                    for lab, p in zip(row["top_labels"], row["top_probabilities"])
+                ],
             }
         pending.clear()
 

@@ -131,8 +131,9 @@ class Predictor:
             out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
         return out
 
-    def encode(self, images: Images, batch_size: int = 256, flip_tta: bool = False,
-               with_probs: bool = False) -> Encoded:
+    def encode(
+        self, images: Images, batch_size: int = 256, flip_tta: bool = False, with_probs: bool = False
+    ) -> Encoded:
         """Embed images with ``module.embed`` (and the head, for ``with_probs``).
 
         ``flip_tta``: each image and its mirror image go through the model together; the
@@ -191,7 +192,7 @@ class Predictor:
                         for want, got in pairs:
                             if want.shape != got.shape or not torch.allclose(want, got, atol=1e-4, rtol=1e-3):
                                 raise ValueError(f"traced {m} differs from eager on a batch of {len(probe)}")
-        except Exception as exc:  # any tracing trouble means: serve the eager module
+        except Exception as exc:  # noqa: BLE001 - any tracing trouble means: serve the eager module
             log.warning("TorchScript trace failed (%s); serving the eager module", exc)
             return self
         return Predictor(frozen, self.spec, self.device)

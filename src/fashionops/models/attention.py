@@ -70,9 +70,7 @@ class SpatialAttentionPool(nn.Module):
     def __init__(self, channels: int, hidden: int | None = None) -> None:
         super().__init__()
         hidden = hidden or max(1, channels // 4)
-        self.score = nn.Sequential(
-            nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.Tanh(), nn.Linear(hidden, 1)
-        )
+        self.score = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.last_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

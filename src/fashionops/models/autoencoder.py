@@ -29,8 +29,12 @@ class ConvDecoder(nn.Module):
         self.fc = nn.Linear(latent_dim, channels * self.seed_hw[0] * self.seed_hw[1])
         self.net = nn.Sequential(
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(channels, 64, 4, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(channels, 64, 4, stride=2, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(32, 3, 4, stride=2, padding=1),
         )
 
@@ -51,9 +55,15 @@ class ConvAutoencoder(nn.Module):
         super().__init__()
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
         )
         eh, ew = self.input_hw
         for _ in range(3):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,12 @@ class SmallCNN(nn.Module):
     def __init__(self, input_hw: tuple[int, int] = (60, 60)) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
         )
         h, w = input_hw[0] // 4, input_hw[1] // 4
         if h < 1 or w < 1:
@@ -127,7 +132,7 @@ def _min_side(name: str) -> int:
         cfg = get_pretrained_cfg(name)
         if cfg is not None and cfg.min_input_size:
             return int(min(cfg.min_input_size[1:]))
-    except Exception:  # unknown cfg: fall back to probing
+    except Exception:  # noqa: BLE001 - unknown cfg: fall back to probing
         pass
     return 1
 
@@ -168,7 +173,8 @@ class Backbone(nn.Module):
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_timm:
-            out = self.model.forward_features(x)
+            timm_model: Any = self.model  # a timm model: forward_features is part of its API
+            out = timm_model.forward_features(x)
             if isinstance(out, (list, tuple)):
                 out = out[-1]
             if self.nhwc and out.ndim == 4:
@@ -201,8 +207,7 @@ class Backbone(nn.Module):
                 break
             else:
                 raise FashionOpsError(
-                    f"backbone {self.name!r} cannot take input {h}x{w} ({last}); "
-                    "set train.input_height/input_width"
+                    f"backbone {self.name!r} cannot take input {h}x{w} ({last}); set train.input_height/input_width"
                 )
         finally:
             self.train(was_training)
@@ -218,11 +223,13 @@ class Backbone(nn.Module):
         """Features of one blank image: on the meta device (shapes only, no compute), else on CPU."""
         from torch.func import functional_call
 
-        meta = {f"model.{n}": torch.empty_like(t, device="meta") for n, t in self.model.state_dict(keep_vars=True).items()}
+        meta = {
+            f"model.{n}": torch.empty_like(t, device="meta") for n, t in self.model.state_dict(keep_vars=True).items()
+        }
         try:
             with torch.no_grad():
                 return functional_call(self, meta, (torch.zeros(1, 3, *hw, device="meta"),))
-        except Exception:  # e.g. a module keeps a plain (non-buffer) tensor: fall back to a real forward
+        except Exception:  # noqa: BLE001 - e.g. a module keeps a plain (non-buffer) tensor: fall back to a real forward
             first = next(iter(self.model.state_dict().values()), None)
             device = first.device if first is not None else torch.device("cpu")
             with torch.no_grad():
@@ -235,7 +242,7 @@ class Backbone(nn.Module):
 
     def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens without the class/register prefix tokens."""
-        return tokens[:, self.num_prefix_tokens:]
+        return tokens[:, self.num_prefix_tokens :]
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """Default pooling: global average for maps, class token (or mean) for tokens."""
@@ -261,7 +268,7 @@ def freeze_leading_groups(model: nn.Module, n_groups: int) -> int:
         # Built-in backbones (small_cnn, alexnet*) and autoencoders are small and train from
         # scratch: there is nothing pretrained to keep, so the setting does not apply.
         return 0
-    net = backbones[0].model
+    net: Any = backbones[0].model  # a timm model: group_matcher is part of its API
     groups = group_parameters(net, net.group_matcher(coarse=True))
     order = sorted(groups)
     if n_groups >= len(order):

@@ -74,7 +74,9 @@ class FashionClassifier(nn.Module):
             self.attention: nn.Module = CBAM(channels, cbam_reduction, cbam_kernel)
         elif attention == "spatial":
             if backbone.kind == "vector":
-                raise FashionOpsError(f"train.attention=spatial needs a feature map or tokens; {backbone.name!r} gives a vector")
+                raise FashionOpsError(
+                    f"train.attention=spatial needs a feature map or tokens; {backbone.name!r} gives a vector"
+                )
             self.attention = SpatialAttentionPool(channels)
         elif attention == "none":
             self.attention = nn.Identity()
@@ -116,7 +118,7 @@ def _normalization(train: TrainConfig) -> tuple[list[float], list[float]]:
                 from timm.models import get_pretrained_cfg
 
                 cfg = get_pretrained_cfg(train.backbone)
-            except Exception:  # unknown to timm's registry: fall back to ImageNet stats
+            except Exception:  # noqa: BLE001 - unknown to timm's registry: fall back to ImageNet stats
                 cfg = None
             if cfg is not None and cfg.mean and cfg.std:
                 return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
@@ -155,7 +157,8 @@ def model_spec(train: TrainConfig, classes: list[str], label_column: str, cache_
     draft = ModelSpec.from_dict(spec)
     with torch.device("meta"):
         probe = _build(draft, "none")
-    return draft.updated(embedding_dim=int(probe.embedding_dim), loss_kind=probe.loss_kind)
+    probed: Any = probe  # every module built here has these attributes (see the module doc)
+    return draft.updated(embedding_dim=int(probed.embedding_dim), loss_kind=probed.loss_kind)
 
 
 def _build(spec: ModelSpec, source: str) -> nn.Module:
@@ -163,7 +166,9 @@ def _build(spec: ModelSpec, source: str) -> nn.Module:
     name = spec.backbone
     is_timm = name not in BUILTIN_BACKBONES and name != "conv_autoencoder"
     if source == "timm" and not is_timm:
-        raise FashionOpsError(f"train.pretrained=timm: built-in backbone {name!r} has no hub weights; use none or file:PATH")
+        raise FashionOpsError(
+            f"train.pretrained=timm: built-in backbone {name!r} has no hub weights; use none or file:PATH"
+        )
     if spec.task == "autoencoder":
         if name == "conv_autoencoder":
             module: nn.Module = ConvAutoencoder(hw, spec.latent_dim)
@@ -192,8 +197,9 @@ def _build(spec: ModelSpec, source: str) -> nn.Module:
     else:
         raise FashionOpsError(f"model spec: unknown task {spec.task!r}")
     report = apply_pretrained(target, source, name)
-    module.pretrained_report = report.summary() if report else None
-    module.spec = spec
+    built: Any = module  # attributes of the module API (see the module doc)
+    built.pretrained_report = report.summary() if report else None
+    built.spec = spec
     return module
 
 
@@ -204,8 +210,6 @@ def build_model(spec: ModelSpec, pretrained: str | None = None) -> nn.Module:
     """
     source = spec.pretrained if pretrained is None else pretrained
     return _build(spec, str(source))
-
-
 
 
 def save_model(out_dir: str | Path, module: nn.Module, spec: ModelSpec) -> None:

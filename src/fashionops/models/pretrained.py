@@ -111,7 +111,7 @@ def load_lite0(target: nn.Module) -> LoadReport:
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not a plain tensor file: try the full load below
         # Lightning checkpoints pickle hyper-parameters; the user named this file, so trust it.
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -150,7 +150,7 @@ def _resample_pos_embed(target: nn.Module, source: dict[str, torch.Tensor], dest
         return
     prefix = ref.shape[1] - int(grid[0]) * int(grid[1])
     old = src.shape[1] - prefix
-    side = int(round(old ** 0.5))
+    side = int(round(old**0.5))
     if prefix < 0 or side * side != old or src.shape[2] != ref.shape[2]:
         return  # not a square grid we can resample: reported as shape-mismatched
     from timm.layers import resample_abs_pos_embed
@@ -171,13 +171,14 @@ def load_file(target: nn.Module, path: str | Path) -> LoadReport:
     best: tuple[int, str] = (-1, "")
     for prefix in _prefixes(list(source)):
         hits = sum(
-            1 for k, v in source.items()
-            if k.startswith(prefix) and k[len(prefix):] in dest and dest[k[len(prefix):]].shape == v.shape
+            1
+            for k, v in source.items()
+            if k.startswith(prefix) and k[len(prefix) :] in dest and dest[k[len(prefix) :]].shape == v.shape
         )
         if hits > best[0]:
             best = (hits, prefix)
     prefix = best[1]
-    stripped = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+    stripped = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
     _resample_pos_embed(target, stripped, dest)
     usable = {k: v for k, v in stripped.items() if k in dest and dest[k].shape == v.shape}
     report = LoadReport(
@@ -185,9 +186,7 @@ def load_file(target: nn.Module, path: str | Path) -> LoadReport:
         matched=len(usable),
         missing=sorted(k for k in dest if k not in usable),
         # Every source tensor not loaded (outside the prefix too, e.g. a checkpoint's head).
-        unexpected=sorted(
-            k for k in source if not (k.startswith(prefix) and k[len(prefix):] in dest)
-        ),
+        unexpected=sorted(k for k in source if not (k.startswith(prefix) and k[len(prefix) :] in dest)),
         mismatched=sorted(k for k in stripped if k in dest and dest[k].shape != stripped[k].shape),
     )
     if not usable:
@@ -199,7 +198,12 @@ def load_file(target: nn.Module, path: str | Path) -> LoadReport:
     target.load_state_dict(usable, strict=False)
     log.info(
         "pretrained %s (prefix %r): %d matched, %d missing, %d unexpected, %d shape-mismatched",
-        report.source, prefix, report.matched, len(report.missing), len(report.unexpected), len(report.mismatched),
+        report.source,
+        prefix,
+        report.matched,
+        len(report.missing),
+        len(report.unexpected),
+        len(report.mismatched),
     )
     return report
 
@@ -220,7 +224,7 @@ def apply_pretrained(target: nn.Module, source: str, backbone_name: str) -> Load
             )
         return load_lite0(target)
     if source.startswith("file:"):
-        return load_file(target, source[len("file:"):])
+        return load_file(target, source[len("file:") :])
     raise FashionOpsError(
         f"train.pretrained: unknown source {source!r}; use none, timm, file:PATH or efficientnet_lite0"
     )

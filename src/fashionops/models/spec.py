@@ -79,7 +79,9 @@ class ModelSpec(BaseModel):
         """``model_spec.json`` of a saved model directory."""
         path = Path(model_dir) / SPEC_FILE
         if not path.is_file():
-            raise FashionOpsError(f"no {SPEC_FILE} in {model_dir}: not a saved fashionops model (run `fashionops train`)")
+            raise FashionOpsError(
+                f"no {SPEC_FILE} in {model_dir}: not a saved fashionops model (run `fashionops train`)"
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

@@ -15,16 +15,36 @@ from fashionops.errors import FashionOpsError
 # Output that means "try again later": I/O and network trouble, a busy store, a remote tracking
 # server that is down. Matched against the stage's output (tracebacks and `error:` lines).
 TRANSIENT_PATTERNS: tuple[str, ...] = (
-    r"\bOSError\b", r"\bIOError\b", r"Input/output error", r"\bEIO\b", r"No space left on device",
-    r"ConnectionError", r"ConnectionRefusedError", r"Connection refused", r"Connection reset",
-    r"ConnectTimeout", r"ReadTimeout", r"TimeoutError", r"timed out", r"Temporary failure",
-    r"Max retries exceeded", r"Name or service not known", r"unreachable", r"database is locked",
-    r"API request to .* failed", r"503 Service Unavailable", r"502 Bad Gateway",
+    r"\bOSError\b",
+    r"\bIOError\b",
+    r"Input/output error",
+    r"\bEIO\b",
+    r"No space left on device",
+    r"ConnectionError",
+    r"ConnectionRefusedError",
+    r"Connection refused",
+    r"Connection reset",
+    r"ConnectTimeout",
+    r"ReadTimeout",
+    r"TimeoutError",
+    r"timed out",
+    r"Temporary failure",
+    r"Max retries exceeded",
+    r"Name or service not known",
+    r"unreachable",
+    r"database is locked",
+    r"API request to .* failed",
+    r"503 Service Unavailable",
+    r"502 Bad Gateway",
     r"Unable to acquire lock",  # DVC's repo lock held by a process outside our workspace lock
 )
 # Expected failures that no retry can fix, whatever else the output says.
 PERMANENT_PATTERNS: tuple[str, ...] = (
-    r"invalid configuration", r"unknown key", r"expectation", r"ValidationFailed", r"\bDataError\b",
+    r"invalid configuration",
+    r"unknown key",
+    r"expectation",
+    r"ValidationFailed",
+    r"\bDataError\b",
 )
 # How many of the last output lines a StageFailed keeps.
 TAIL_LINES = 50
@@ -59,8 +79,8 @@ def error_message(lines: list[str]) -> str:
     for i, line in enumerate(lines):
         if line.startswith("error: "):
             # The message may continue on indented lines (e.g. one failed expectation per line).
-            block = [line[len("error: "):]]
-            for more in lines[i + 1:]:
+            block = [line[len("error: ") :]]
+            for more in lines[i + 1 :]:
                 if more.startswith((" ", "\t")) and more.strip():
                     block.append(more.strip())
                 else:
@@ -73,7 +93,7 @@ def error_message(lines: list[str]) -> str:
         return exc_lines[-1]
     dvc_errors = [ln for ln in lines if ln.startswith("ERROR:")]
     if dvc_errors:
-        return dvc_errors[-1][len("ERROR:"):].strip()
+        return dvc_errors[-1][len("ERROR:") :].strip()
     tail = [ln for ln in lines if ln.strip()][-3:]
     return " | ".join(tail) or "no output"
 

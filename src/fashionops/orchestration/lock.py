@@ -25,8 +25,9 @@ class WorkspaceBusy(PipelineError):
 
 
 @contextmanager
-def workspace_lock(workspace: str | Path, timeout_s: float = 3600.0, owner: str = "",
-                   log: Callable[[str], None] | None = None) -> Iterator[Path]:
+def workspace_lock(
+    workspace: str | Path, timeout_s: float = 3600.0, owner: str = "", log: Callable[[str], None] | None = None
+) -> Iterator[Path]:
     """Hold the workspace's pipeline lock (``.dvc/tmp/fashionops-pipeline.lock``) for the block.
 
     Waits up to ``timeout_s`` seconds (polling) for another run to finish; then raises

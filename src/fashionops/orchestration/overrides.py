@@ -31,10 +31,16 @@ def flow_overrides(
 ) -> list[str]:
     """``section.key=value`` overrides for the run parameters that are set (None: keep params.yaml)."""
     mapping = (
-        ("prepare.label", label), ("prepare.min_images_per_class", min_images_per_class),
-        ("train.backbone", backbone), ("train.preset", preset), ("train.epochs", epochs),
-        ("prepare.image_height", image_height), ("prepare.image_width", image_width),
-        ("prepare.balance", balance), ("register.promote", promote), ("data.limit", data_limit),
+        ("prepare.label", label),
+        ("prepare.min_images_per_class", min_images_per_class),
+        ("train.backbone", backbone),
+        ("train.preset", preset),
+        ("train.epochs", epochs),
+        ("prepare.image_height", image_height),
+        ("prepare.image_width", image_width),
+        ("prepare.balance", balance),
+        ("register.promote", promote),
+        ("data.limit", data_limit),
     )
     out = [f"{key}={json.dumps(value)}" for key, value in mapping if value is not None]
     return out + list(extra or [])
@@ -58,8 +64,7 @@ def apply_overrides(workspace: str | Path, overrides: list[str]) -> dict[str, li
     yaml.preserve_quotes = True
     yaml.width = 4096
     # Write None as `null` like the file does, not as an empty value.
-    yaml.representer.add_representer(
-        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    yaml.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     data = yaml.load(path.read_text()) if path.is_file() else None
     if data is None:
         data = CommentedMap()

@@ -29,8 +29,9 @@ REFRESH_DIR = ".dvc/tmp/index-refresh"  # git- and DVC-ignored; the registry kee
 RESULT_PREFIX = "RESULT "
 
 
-def fetch_champion(cfg: RegisterConfig, trk: TrackingConfig, dest: str | Path,
-                   alias: str = "champion") -> dict[str, Any]:
+def fetch_champion(
+    cfg: RegisterConfig, trk: TrackingConfig, dest: str | Path, alias: str = "champion"
+) -> dict[str, Any]:
     """Download the ``cfg.classifier_name`` version that holds ``alias`` into ``dest``; returns its
     version and the model directory inside it (``weights.pt``, ``model_spec.json``) to embed with."""
     import mlflow
@@ -44,12 +45,12 @@ def fetch_champion(cfg: RegisterConfig, trk: TrackingConfig, dest: str | Path,
     if version is None:
         raise PipelineError(
             f"no @{alias} version of {cfg.classifier_name} in {tracking.tracking_uri(trk)}: "
-            "run the training-pipeline flow first")
+            "run the training-pipeline flow first"
+        )
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
-    local = Path(mlflow.artifacts.download_artifacts(
-        f"models:/{cfg.classifier_name}/{version}", dst_path=str(dest)))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.classifier_name}/{version}", dst_path=str(dest)))
     model_dir = artifact_dir(local, CLASSIFIER_ARTIFACT)
     if not (model_dir / "model_spec.json").is_file():
         raise PipelineError(f"classifier v{version} has no {CLASSIFIER_ARTIFACT}/model_spec.json in {local}")
@@ -65,12 +66,17 @@ def refresh_overrides(workspace: str | Path, embedder_dir: str | Path) -> list[s
     out = Path(workspace).resolve() / REFRESH_DIR
     # reports_dir inside REFRESH_DIR: its train/mlflow_run.json does not exist, so the build opens
     # a new MLflow run instead of reopening the champion's training run (paths.run_file)
-    return [f"index.embedder_dir={embedder_dir}", f"paths.classifier_dir={embedder_dir}",
-            f"paths.index_dir={out / 'index'}", f"paths.reports_dir={out / 'reports'}"]
+    return [
+        f"index.embedder_dir={embedder_dir}",
+        f"paths.classifier_dir={embedder_dir}",
+        f"paths.index_dir={out / 'index'}",
+        f"paths.reports_dir={out / 'reports'}",
+    ]
 
 
-def build_refresh_index(workspace: str | Path, embedder_dir: str | Path, env: dict[str, str] | None = None,
-                        log: LogFn | None = None) -> dict[str, Any]:
+def build_refresh_index(
+    workspace: str | Path, embedder_dir: str | Path, env: dict[str, str] | None = None, log: LogFn | None = None
+) -> dict[str, Any]:
     """``fashionops index`` with the champion embedder, outside DVC (the DVC ``index`` stage
     belongs to the trained classifier); returns the index dir and its metrics."""
     args = fashionops_command("index")
@@ -80,8 +86,11 @@ def build_refresh_index(workspace: str | Path, embedder_dir: str | Path, env: di
     if code != 0:
         raise StageFailed.from_output("index", code, lines)
     out = Path(workspace).resolve() / REFRESH_DIR
-    return {"index_dir": str(out / "index"), "report_dir": str(out / "reports"),
-            "metrics": read_json(out / "reports" / "index" / "metrics.json")}
+    return {
+        "index_dir": str(out / "index"),
+        "report_dir": str(out / "reports"),
+        "metrics": read_json(out / "reports" / "index" / "metrics.json"),
+    }
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -93,13 +102,18 @@ def result_line(lines: list[str]) -> dict[str, Any]:
     """The result a ``fashionops refresh`` step printed (its last ``RESULT`` line)."""
     for line in reversed(lines):
         if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX):])
+            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
             return result
     raise PipelineError("no result printed: " + error_message(lines))
 
 
-def run_refresh_step(command: list[str], workspace: str | Path, env: dict[str, str] | None = None,
-                     log: LogFn | None = None, name: str = "index-refresh") -> dict[str, Any]:
+def run_refresh_step(
+    command: list[str],
+    workspace: str | Path,
+    env: dict[str, str] | None = None,
+    log: LogFn | None = None,
+    name: str = "index-refresh",
+) -> dict[str, Any]:
     """Run ``fashionops refresh <command>`` in the workspace; its result dict."""
     code, lines = run_command(fashionops_command("refresh", *command), cwd=workspace, env=env, log=log)
     if code != 0:

@@ -125,8 +125,9 @@ def metrics_table(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def registry_links(register: dict[str, Any] | None, mlflow_run: dict[str, Any] | None,
-                   ui: str | None = None) -> list[dict[str, str]]:
+def registry_links(
+    register: dict[str, Any] | None, mlflow_run: dict[str, Any] | None, ui: str | None = None
+) -> list[dict[str, str]]:
     """Links for the MLflow run and every registered model version in ``result.json``.
 
     Reads ``{"<role>": {"name": ..., "version": ...}}`` entries or a ``versions`` mapping,
@@ -136,12 +137,22 @@ def registry_links(register: dict[str, Any] | None, mlflow_run: dict[str, Any] |
     links: list[dict[str, str]] = []
     if mlflow_run and mlflow_run.get("run_id"):
         exp = mlflow_run.get("experiment_id", "0")
-        links.append({"key": "mlflow-run", "text": f"MLflow run {mlflow_run['run_id']}",
-                      "link": f"{ui}/#/experiments/{exp}/runs/{mlflow_run['run_id']}"})
+        links.append(
+            {
+                "key": "mlflow-run",
+                "text": f"MLflow run {mlflow_run['run_id']}",
+                "link": f"{ui}/#/experiments/{exp}/runs/{mlflow_run['run_id']}",
+            }
+        )
     for name, version in registered_versions(register):
         slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
-        links.append({"key": f"registered-{slug}", "text": f"{name} version {version}",
-                      "link": f"{ui}/#/models/{name}/versions/{version}"})
+        links.append(
+            {
+                "key": f"registered-{slug}",
+                "text": f"{name} version {version}",
+                "link": f"{ui}/#/models/{name}/versions/{version}",
+            }
+        )
     return links
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from fashionops.orchestration.failures import PipelineError, StageFailed, error_message
 from fashionops.orchestration.overrides import workspace_params, workspace_path
+from fashionops.stages import STAGES as STAGE_TABLE
 
-STAGES: tuple[str, ...] = ("validate", "prepare", "train", "evaluate", "index", "register")
+STAGES: tuple[str, ...] = tuple(STAGE_TABLE)  # the DVC stages, in pipeline order
 
 LogFn = Callable[[str], None]
 
@@ -44,13 +45,20 @@ def stage_env(flow_run_id: str | None = None, experiment: str | None = None) -> 
     return env
 
 
-def run_command(args: list[str], cwd: str | Path, env: dict[str, str] | None = None,
-                log: LogFn | None = None) -> tuple[int, list[str]]:
+def run_command(
+    args: list[str], cwd: str | Path, env: dict[str, str] | None = None, log: LogFn | None = None
+) -> tuple[int, list[str]]:
     """Run ``args`` in ``cwd``; stream stdout+stderr line by line to ``log``; (exit status, lines)."""
     lines: list[str] = []
     proc = subprocess.Popen(
-        args, cwd=str(cwd), env=env or stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, errors="replace",
+        args,
+        cwd=str(cwd),
+        env=env or stage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        errors="replace",
     )
     assert proc.stdout is not None
     try:
@@ -77,8 +85,9 @@ def fashionops_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "fashionops.cli", *args]
 
 
-def run_stage(stage: str, workspace: str | Path, env: dict[str, str] | None = None,
-              log: LogFn | None = None, force: bool = False) -> dict[str, Any]:
+def run_stage(
+    stage: str, workspace: str | Path, env: dict[str, str] | None = None, log: LogFn | None = None, force: bool = False
+) -> dict[str, Any]:
     """Run one ``dvc.yaml`` stage through DVC (``dvc repro --single-item``).
 
     DVC skips a stage whose deps, params and outs match ``dvc.lock`` (``status: "skipped"``) or
@@ -105,8 +114,13 @@ def run_stage(stage: str, workspace: str | Path, env: dict[str, str] | None = No
     return {"stage": stage, "status": status, "seconds": seconds}
 
 
-def ensure_raw_data(workspace: str | Path, source: str | None = None, force: bool = False,
-                    env: dict[str, str] | None = None, log: LogFn | None = None) -> dict[str, Any]:
+def ensure_raw_data(
+    workspace: str | Path,
+    source: str | None = None,
+    force: bool = False,
+    env: dict[str, str] | None = None,
+    log: LogFn | None = None,
+) -> dict[str, Any]:
     """Import the catalogue (``fashionops import``) when ``data/raw.dvc`` is missing, or when
     ``force`` (a new ``source`` or a changed ``data.*`` param); otherwise leave it as it is."""
     params = workspace_params(workspace)
@@ -129,8 +143,13 @@ def ensure_raw_data(workspace: str | Path, source: str | None = None, force: boo
     return {"imported": True, "dvc_file": str(dvc_file)}
 
 
-def save_experiment(workspace: str | Path, name: str, env: dict[str, str] | None = None,
-                    log: LogFn | None = None, message: str | None = None) -> str | None:
+def save_experiment(
+    workspace: str | Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    log: LogFn | None = None,
+    message: str | None = None,
+) -> str | None:
     """Record the workspace (code, ``params.yaml``, ``dvc.lock``, and the uncached metrics and
     plots under ``reports/``) as DVC experiment ``name`` (``dvc exp show`` lists it).
 
@@ -154,8 +173,14 @@ def _untracked_pipeline_files(workspace: str | Path) -> list[str]:
     """Files git does not track yet that an experiment needs: ``dvc.lock``, ``*.dvc``, the
     ``.gitignore`` files DVC writes, and the uncached metrics/plots under ``reports/``."""
     try:
-        out = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=str(workspace),
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard"],
+            cwd=str(workspace),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     keep = []

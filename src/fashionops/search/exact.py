@@ -16,8 +16,9 @@ from fashionops.search.vectors import check_vectors, l2_normalise
 METRICS = ("angular", "euclidean", "dot", "manhattan")
 
 
-def pairwise_distances(queries: np.ndarray, vectors: np.ndarray, metric: str,
-                       vec_sq: np.ndarray | None = None) -> np.ndarray:
+def pairwise_distances(
+    queries: np.ndarray, vectors: np.ndarray, metric: str, vec_sq: np.ndarray | None = None
+) -> np.ndarray:
     """Distances (q, n) as Annoy defines them; for ``dot`` the negated dot product (smaller = closer).
 
     ``angular`` expects both sides L2-normalised already; ``euclidean`` takes the squared norms
@@ -38,8 +39,14 @@ def pairwise_distances(queries: np.ndarray, vectors: np.ndarray, metric: str,
     raise FashionOpsError(f"index.metric={metric!r}: exact search supports {', '.join(METRICS)}")
 
 
-def exact_knn(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "angular",
-              exclude: np.ndarray | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str = "angular",
+    exclude: np.ndarray | None = None,
+    chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force k nearest neighbours: (indices (q, k), distances (q, k)), chunked matrix products.
 
     ``exclude[i]`` (a row of ``vectors``) is removed from query i's answers (self-queries).
@@ -55,19 +62,20 @@ def exact_knn(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "a
     out_idx = np.empty((len(queries), k), dtype=np.int64)
     out_dist = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), step):
-        d = pairwise_distances(queries[start:start + step], vectors, metric, vec_sq)
+        d = pairwise_distances(queries[start : start + step], vectors, metric, vec_sq)
         if exclude is not None:
-            d[np.arange(d.shape[0]), exclude[start:start + step]] = np.inf
+            d[np.arange(d.shape[0]), exclude[start : start + step]] = np.inf
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         part_dist = np.take_along_axis(d, part, axis=1)
         order = np.argsort(part_dist, axis=1, kind="stable")
-        out_idx[start:start + step] = np.take_along_axis(part, order, axis=1)
-        out_dist[start:start + step] = np.take_along_axis(part_dist, order, axis=1)
+        out_idx[start : start + step] = np.take_along_axis(part, order, axis=1)
+        out_dist[start : start + step] = np.take_along_axis(part_dist, order, axis=1)
     return out_idx, out_dist
 
 
-def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_idx: np.ndarray,
-                exact_dist: np.ndarray, metric: str = "angular") -> float:
+def recall_at_k(
+    vectors: np.ndarray, queries: np.ndarray, approx_idx: np.ndarray, exact_dist: np.ndarray, metric: str = "angular"
+) -> float:
     """Tie-aware recall@k: an approximate hit counts if its exact distance <= the k-th exact distance.
 
     ``approx_idx`` (q, k) may be padded with -1 (fewer answers than asked); ``exact_dist`` comes
@@ -83,6 +91,6 @@ def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_idx: np.ndarray
         if len(ids) == 0:
             continue
         sub_sq = vec_sq[ids] if vec_sq is not None else None
-        d = pairwise_distances(queries[i:i + 1], vectors[ids], metric, sub_sq)[0]
+        d = pairwise_distances(queries[i : i + 1], vectors[ids], metric, sub_sq)[0]
         hits += int(np.sum(d <= exact_dist[i, -1] + 1e-5))
     return hits / float(k * len(queries))

@@ -30,8 +30,9 @@ def catalogue_items(raw_dir: str | Path) -> pd.DataFrame:
     return cat
 
 
-def embed_catalogue(cat: pd.DataFrame, predictor: Predictor, batch_size: int = 256,
-                    flip_tta: bool = False, with_probs: bool = False) -> tuple[Encoded, pd.DataFrame]:
+def embed_catalogue(
+    cat: pd.DataFrame, predictor: Predictor, batch_size: int = 256, flip_tta: bool = False, with_probs: bool = False
+) -> tuple[Encoded, pd.DataFrame]:
     """Decode every catalogue image at the model's input size and encode it (:meth:`Predictor.encode`).
 
     Returns ``(encoded, items)`` where ``items`` has ``annoy_idx`` and ``sha256`` of the file bytes.
@@ -62,6 +63,8 @@ def embed_catalogue(cat: pd.DataFrame, predictor: Predictor, batch_size: int = 2
     items.insert(0, "annoy_idx", np.arange(len(items), dtype=np.int64))
     items = items[["annoy_idx", *ITEM_COLUMNS, "file"]]
     probs = [c.class_probs for c in chunks if c.class_probs is not None]
-    encoded = Encoded(np.concatenate([c.embeddings for c in chunks], axis=0),
-                      np.concatenate(probs, axis=0) if len(probs) == len(chunks) else None)
+    encoded = Encoded(
+        np.concatenate([c.embeddings for c in chunks], axis=0),
+        np.concatenate(probs, axis=0) if len(probs) == len(chunks) else None,
+    )
     return encoded, items

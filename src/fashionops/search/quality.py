@@ -26,9 +26,14 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: int) -> float:
     return float((precisions * rel).sum() / min(len(rel), n_relevant))
 
 
-def retrieval_quality(searcher: IndexSearcher, query_ids: Sequence[int], ks: Sequence[int] = (5, 10),
-                      columns: Sequence[str] = ("articleType", "subCategory"), rerank: bool = True,
-                      suffix: str = "") -> dict[str, float]:
+def retrieval_quality(
+    searcher: IndexSearcher,
+    query_ids: Sequence[int],
+    ks: Sequence[int] = (5, 10),
+    columns: Sequence[str] = ("articleType", "subCategory"),
+    rerank: bool = True,
+    suffix: str = "",
+) -> dict[str, float]:
     """precision@k and mAP@k per label column for catalogue queries (searched without themselves).
 
     A query is its stored embedding (and class probabilities): what an uploaded photo of it gets.
@@ -78,18 +83,24 @@ def duplicate_check(searcher: IndexSearcher, max_groups: int = 1000, seed: int =
         got = {r["id"] for r in res if r["distance"] <= DUPLICATE_EPS}
         max_dist = max([max_dist] + [r["distance"] for r in res if r["id"] in set(ids[1:])])
         ok += int(got == set(ids[1:]))
-    return {"duplicate_groups": float(len(groups)), "duplicate_first_fraction": ok / len(groups),
-            "duplicate_max_distance": float(max_dist)}
+    return {
+        "duplicate_groups": float(len(groups)),
+        "duplicate_first_fraction": ok / len(groups),
+        "duplicate_max_distance": float(max_dist),
+    }
 
 
 def query_latency(searcher: IndexSearcher, encoded: Encoded, k: int = 10) -> dict[str, float]:
     """Single-query latency (projection + ANN + id map + re-ranking) in ms: p50, p99, mean."""
     times = []
     for row, q in enumerate(encoded.embeddings):
-        probs = None if encoded.class_probs is None else encoded.class_probs[row:row + 1]
+        probs = None if encoded.class_probs is None else encoded.class_probs[row : row + 1]
         t0 = time.perf_counter()
         searcher.search(q[None, :], k, probs)
         times.append((time.perf_counter() - t0) * 1000.0)
     t = np.asarray(times)
-    return {"query_p50_ms": float(np.percentile(t, 50)), "query_p99_ms": float(np.percentile(t, 99)),
-            "query_mean_ms": float(t.mean())}
+    return {
+        "query_p50_ms": float(np.percentile(t, 50)),
+        "query_p99_ms": float(np.percentile(t, 99)),
+        "query_mean_ms": float(t.mean()),
+    }

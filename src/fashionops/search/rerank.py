@@ -20,9 +20,15 @@ KNN_VOTE_TEMPERATURE = 0.05
 DUPLICATE_EPS = 1e-3  # Annoy computes angular distance in float32: identical vectors give ~1e-4
 
 
-def rerank_by_category(similarity: np.ndarray, candidate_class: np.ndarray, class_probs: np.ndarray | None,
-                       n_classes: int, weight: float = 1.0, knn_weight: float = 0.5,
-                       knn_neighbours: int = 20) -> np.ndarray:
+def rerank_by_category(
+    similarity: np.ndarray,
+    candidate_class: np.ndarray,
+    class_probs: np.ndarray | None,
+    n_classes: int,
+    weight: float = 1.0,
+    knn_weight: float = 0.5,
+    knn_neighbours: int = 20,
+) -> np.ndarray:
     """Order (best first) of one query's ANN candidates after category-aware re-ranking.
 
     ``score = similarity + weight * P(query is of the candidate's category)``. P blends the
@@ -53,6 +59,12 @@ def rerank_settings(cfg: IndexConfig, label_column: str, classes: Sequence[str] 
     """The ``rerank`` entry of ``index_meta.json`` from ``index.*`` params (None: re-ranking off)."""
     if cfg.rerank == "none":
         return None
-    return {"kind": cfg.rerank, "candidates": cfg.rerank_candidates, "weight": cfg.rerank_weight,
-            "knn_weight": cfg.rerank_knn_weight, "knn_neighbours": cfg.rerank_knn_neighbours,
-            "label_column": label_column, "classes": list(classes) if classes else None}
+    return {
+        "kind": cfg.rerank,
+        "candidates": cfg.rerank_candidates,
+        "weight": cfg.rerank_weight,
+        "knn_weight": cfg.rerank_knn_weight,
+        "knn_neighbours": cfg.rerank_knn_neighbours,
+        "label_column": label_column,
+        "classes": list(classes) if classes else None,
+    }

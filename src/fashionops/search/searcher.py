@@ -35,8 +35,15 @@ class IndexSearcher:
     class probabilities, exactly as an uploaded photo of them would.
     """
 
-    def __init__(self, index: AnnIndex, items: pd.DataFrame, meta: dict[str, Any], projection: Projection | None,
-                 index_dir: Path | None = None, class_probs: np.ndarray | None = None):
+    def __init__(
+        self,
+        index: AnnIndex,
+        items: pd.DataFrame,
+        meta: dict[str, Any],
+        projection: Projection | None,
+        index_dir: Path | None = None,
+        class_probs: np.ndarray | None = None,
+    ):
         self.index = index
         self.items = items.reset_index(drop=True)
         self.meta = meta
@@ -69,18 +76,20 @@ class IndexSearcher:
         stored = read_index_dir(index_dir)
         return cls(stored.index, stored.items, stored.meta, stored.projection, Path(index_dir), stored.class_probs)
 
-    def encode(self, predictor: Predictor, images: Sequence[np.ndarray] | np.ndarray,
-               batch_size: int = 256) -> Encoded:
+    def encode(self, predictor: Predictor, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = 256) -> Encoded:
         """Query images encoded the way this index's items were (mirror averaging, probabilities)."""
         return predictor.encode(images, batch_size, flip_tta=self.flip_tta, with_probs=bool(self.rerank))
 
-    def search_images(self, predictor: Predictor, images: Sequence[np.ndarray] | np.ndarray,
-                      k: int = 5) -> list[list[dict]]:
+    def search_images(
+        self, predictor: Predictor, images: Sequence[np.ndarray] | np.ndarray, k: int = 5
+    ) -> list[list[dict]]:
         """Top-``k`` catalogue items for each HxWx3 uint8 image, encoded by ``predictor`` (the embedder)."""
         enc = self.encode(predictor, images)
         if enc.embeddings.shape[1] != self.dim:
-            raise DataError(f"the embedder gives {enc.embeddings.shape[1]}-d vectors but the index holds "
-                            f"{self.dim}-d ones; rebuild the index or use its embedder")
+            raise DataError(
+                f"the embedder gives {enc.embeddings.shape[1]}-d vectors but the index holds "
+                f"{self.dim}-d ones; rebuild the index or use its embedder"
+            )
         return self.search(enc.embeddings, k, enc.class_probs)
 
     def _to_index_space(self, embeddings: np.ndarray) -> np.ndarray:
@@ -94,8 +103,9 @@ class IndexSearcher:
             return -1
         return max(k, int(np.ceil(self.search_k * max(1.0, k / self.recall_k))))
 
-    def search(self, embeddings: np.ndarray, k: int = 5, class_probs: np.ndarray | None = None,
-               rerank: bool = True) -> list[list[dict]]:
+    def search(
+        self, embeddings: np.ndarray, k: int = 5, class_probs: np.ndarray | None = None, rerank: bool = True
+    ) -> list[list[dict]]:
         """Top-``k`` catalogue items for each query embedding (rows of an (N, dim) array).
 
         ``class_probs`` (N, C): the classifier's probabilities for the queries (re-ranking; without
@@ -108,8 +118,10 @@ class IndexSearcher:
             raise DataError(f"class_probs has {len(class_probs)} rows for {len(x)} query embeddings")
         out = []
         for row, q in enumerate(x):
+
             def lookup(n: int, search_k: int, q: np.ndarray = q) -> Neighbours:
                 return self.index.query(q, n, search_k)
+
             out.append(self._neighbours(lookup, k, None, None if class_probs is None else class_probs[row], rerank))
         return out
 
@@ -123,6 +135,7 @@ class IndexSearcher:
 
         def lookup(n: int, search_k: int) -> Neighbours:
             return self.index.query_item(row, n, search_k)
+
         probs = None if self.class_probs is None else np.asarray(self.class_probs[row])
         return self._neighbours(lookup, k, row, probs, rerank)
 
@@ -137,8 +150,9 @@ class IndexSearcher:
         d = np.asarray(distances, dtype=np.float64)
         return 1.0 - d * d / 2.0 if self.metric == "angular" else -d
 
-    def _neighbours(self, lookup: Lookup, k: int, exclude: int | None, probs: np.ndarray | None,
-                    rerank: bool) -> list[dict]:
+    def _neighbours(
+        self, lookup: Lookup, k: int, exclude: int | None, probs: np.ndarray | None, rerank: bool
+    ) -> list[dict]:
         """``lookup(n, search_k)`` -> (ids, distances) nearest first; drop ``exclude``, re-rank, keep k."""
         settings = self.rerank if rerank else None
         n = max(k, int(settings["candidates"])) if settings is not None else k
@@ -147,9 +161,15 @@ class IndexSearcher:
         pairs = [(i, d) for i, d in zip(ids, ds) if i != exclude][:n]
         if settings is not None and pairs:
             cand = np.array([i for i, _ in pairs], dtype=np.int64)
-            order = rerank_by_category(self._similarity(np.array([d for _, d in pairs])), self._item_class[cand],
-                                       probs, self._n_classes, settings["weight"],
-                                       settings["knn_weight"], settings["knn_neighbours"])
+            order = rerank_by_category(
+                self._similarity(np.array([d for _, d in pairs])),
+                self._item_class[cand],
+                probs,
+                self._n_classes,
+                settings["weight"],
+                settings["knn_weight"],
+                settings["knn_neighbours"],
+            )
             # an exact copy of the query stays the best match whatever its label
             copies_first = sorted(order, key=lambda j: pairs[j][1] > DUPLICATE_EPS)
             pairs = [pairs[j] for j in copies_first]

@@ -48,7 +48,8 @@ def load_embedder(cfg: IndexConfig, paths: PathsConfig) -> Predictor:
     if predictor.task != cfg.embedder:
         raise FashionOpsError(
             f"index.embedder={cfg.embedder} but the model in {model_dir} is a {predictor.task}; "
-            f"set index.embedder_dir to a {cfg.embedder} model or index.embedder={predictor.task}")
+            f"set index.embedder_dir to a {cfg.embedder} model or index.embedder={predictor.task}"
+        )
     return predictor
 
 
@@ -66,8 +67,9 @@ def run_index(cfg: IndexConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     label_column = str(spec.label_column or label)
     rerank = rerank_settings(cfg, label_column, spec.classes if spec.task == "classifier" else None)
     log.info("embedding %d catalogue images with %s", len(cat), embedder_dir(cfg, paths))
-    encoded, items = embed_catalogue(cat, predictor, cfg.batch_size, flip_tta=cfg.flip_tta,
-                                     with_probs=rerank is not None)
+    encoded, items = embed_catalogue(
+        cat, predictor, cfg.batch_size, flip_tta=cfg.flip_tta, with_probs=rerank is not None
+    )
     embed_s = time.perf_counter() - t0
     vectors = check_vectors(encoded.embeddings)
 
@@ -80,20 +82,39 @@ def run_index(cfg: IndexConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     # Tune a little above the target: the tuning queries are a sample, and held-out queries
     # should still reach recall_target (measured: tuned 0.9504 -> held-out 0.9467 with no margin).
     tune_target = min(1.0, cfg.recall_target + cfg.recall_margin)
-    index, tuned = tune_index(index_vectors, cfg.metric, cfg.n_trees, cfg.max_trees, cfg.recall_k,
-                              tune_target, cfg.tune_queries, cfg.seed, cfg.search_k)
+    index, tuned = tune_index(
+        index_vectors,
+        cfg.metric,
+        cfg.n_trees,
+        cfg.max_trees,
+        cfg.recall_k,
+        tune_target,
+        cfg.tune_queries,
+        cfg.seed,
+        cfg.search_k,
+    )
     tune_s = time.perf_counter() - t0
     spec_dict = spec.to_dict()
     meta = {
-        "dim": int(vectors.shape[1]), "index_dim": int(index_vectors.shape[1]), "metric": cfg.metric,
-        "n_trees": tuned.n_trees, "search_k": tuned.search_k, "seed": cfg.seed, "n_items": len(items),
-        "recall_k": tuned.k, "recall_target": cfg.recall_target, "tuned_recall": tuned.recall,
-        "target_reached": tuned.reached, "tune_queries": tuned.n_queries,
+        "dim": int(vectors.shape[1]),
+        "index_dim": int(index_vectors.shape[1]),
+        "metric": cfg.metric,
+        "n_trees": tuned.n_trees,
+        "search_k": tuned.search_k,
+        "seed": cfg.seed,
+        "n_items": len(items),
+        "recall_k": tuned.k,
+        "recall_target": cfg.recall_target,
+        "tuned_recall": tuned.recall,
+        "target_reached": tuned.reached,
+        "tune_queries": tuned.n_queries,
         "projection": PROJECTION_FILE if projection is not None else None,
         "projection_explained_variance": projection.explained_variance if projection is not None else None,
-        "embedder": cfg.embedder, "embedder_dir": str(cfg.embedder_dir or paths.classifier_dir),
+        "embedder": cfg.embedder,
+        "embedder_dir": str(cfg.embedder_dir or paths.classifier_dir),
         "embedding_model": {k: spec_dict[k] for k in EMBEDDING_MODEL_KEYS if k in spec_dict},
-        "flip_tta": cfg.flip_tta, "rerank": rerank,
+        "flip_tta": cfg.flip_tta,
+        "rerank": rerank,
         "tuning_trials": tuned.trials,
     }
     out_dir = write_index_dir(paths.index_dir, vectors, index, items, meta, projection, encoded.class_probs)
@@ -105,38 +126,72 @@ def run_index(cfg: IndexConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     row_of = dict(zip(items["id"].astype(int), items["annoy_idx"]))
     q_rows = np.array([row_of[i] for i in query_ids])
     metrics: dict[str, Any] = {
-        "n_items": float(len(items)), "dim": float(vectors.shape[1]), "index_dim": float(index_vectors.shape[1]),
-        "n_trees": float(tuned.n_trees), "search_k": float(tuned.search_k),
-        "tuned_recall_at_k": tuned.recall, "recall_target": cfg.recall_target,
+        "n_items": float(len(items)),
+        "dim": float(vectors.shape[1]),
+        "index_dim": float(index_vectors.shape[1]),
+        "n_trees": float(tuned.n_trees),
+        "search_k": float(tuned.search_k),
+        "tuned_recall_at_k": tuned.recall,
+        "recall_target": cfg.recall_target,
     }
     metrics.update(retrieval_quality(searcher, query_ids))
     if rerank is not None:  # what re-ranking adds over plain nearest neighbours
-        metrics.update(retrieval_quality(searcher, query_ids, columns=("articleType",), rerank=False,
-                                         suffix="_no_rerank"))
+        metrics.update(
+            retrieval_quality(searcher, query_ids, columns=("articleType",), rerank=False, suffix="_no_rerank")
+        )
     metrics.update(duplicate_check(searcher, seed=cfg.seed))
-    metrics.update(_ann_recall(searcher, vectors, index_vectors, q_rows, cfg.metric, tuned.search_k,
-                               len(items), projected=projection is not None))
+    metrics.update(
+        _ann_recall(
+            searcher,
+            vectors,
+            index_vectors,
+            q_rows,
+            cfg.metric,
+            tuned.search_k,
+            len(items),
+            projected=projection is not None,
+        )
+    )
     probs = None if encoded.class_probs is None else encoded.class_probs[q_rows[:500]]
     metrics.update(query_latency(searcher, Encoded(vectors[q_rows[:500]], probs), k=cfg.recall_k))
-    metrics.update({"embed_s": embed_s, "tune_s": tune_s, "build_s": tuned.build_s,
-                    "index_size_mb": (out_dir / backend_of(meta).index_file).stat().st_size / 1e6,
-                    "index_dir_size_mb": _dir_size(out_dir) / 1e6})
+    metrics.update(
+        {
+            "embed_s": embed_s,
+            "tune_s": tune_s,
+            "build_s": tuned.build_s,
+            "index_size_mb": (out_dir / backend_of(meta).index_file).stat().st_size / 1e6,
+            "index_dir_size_mb": _dir_size(out_dir) / 1e6,
+        }
+    )
 
     report_dir = paths.reports("index")
     report_dir.mkdir(parents=True, exist_ok=True)
-    picture = _retrieval_picture(searcher, items, query_ids, cfg.retrieval_queries, cfg.seed,
-                                 report_dir / "retrieval.png")
+    picture = _retrieval_picture(
+        searcher, items, query_ids, cfg.retrieval_queries, cfg.seed, report_dir / "retrieval.png"
+    )
     metrics["total_s"] = time.perf_counter() - t_start
     metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
     write_json(report_dir / "metrics.json", metrics, default=json_default)
     _log_to_mlflow(tracking, paths, metrics, [picture, report_dir / "metrics.json", out_dir / META_FILE])
-    log.info("index: precision@10 (article type) %s, ANN recall@10 %.4f, query p50 %.2f ms",
-             metrics.get("precision_at_10_article_type"), metrics["ann_recall_at_10"], metrics["query_p50_ms"])
+    log.info(
+        "index: precision@10 (article type) %s, ANN recall@10 %.4f, query p50 %.2f ms",
+        metrics.get("precision_at_10_article_type"),
+        metrics["ann_recall_at_10"],
+        metrics["query_p50_ms"],
+    )
     return {"index_dir": str(out_dir), "metrics": metrics}
 
 
-def _ann_recall(searcher: IndexSearcher, vectors: np.ndarray, index_vectors: np.ndarray, q_rows: np.ndarray,
-                metric: str, search_k: int, n_items: int, projected: bool) -> dict[str, float]:
+def _ann_recall(
+    searcher: IndexSearcher,
+    vectors: np.ndarray,
+    index_vectors: np.ndarray,
+    q_rows: np.ndarray,
+    metric: str,
+    search_k: int,
+    n_items: int,
+    projected: bool,
+) -> dict[str, float]:
     """ANN recall@10 vs exact on the test queries (self excluded) in the index's space, and, with a
     projection, against exact search on the raw embeddings (what the projection costs)."""
     k10 = min(10, n_items - 1)
@@ -168,8 +223,9 @@ def _test_ids(split_file: Path, items: pd.DataFrame, n: int, seed: int) -> list[
     return ids
 
 
-def _retrieval_picture(searcher: IndexSearcher, items: pd.DataFrame, query_ids: list[int],
-                       n: int, seed: int, path: Path, k: int = 5) -> Path:
+def _retrieval_picture(
+    searcher: IndexSearcher, items: pd.DataFrame, query_ids: list[int], n: int, seed: int, path: Path, k: int = 5
+) -> Path:
     """``retrieval.png``: ``n`` seeded test queries, each with its top ``k`` (type and distance)."""
     from fashionops.data.imaging import load_rgb
     from fashionops.evaluation.plots import plot_retrieval
@@ -202,8 +258,15 @@ def _log_to_mlflow(tracking: TrackingConfig, paths: PathsConfig, metrics: dict[s
             mlflow.log_artifact(str(f), artifact_path="index")
 
 
-def search_images(cfg: IndexConfig, paths: PathsConfig, images: list[str], k: int = 5,
-                  index_dir: str | None = None, *, max_pixels: int) -> list[dict]:
+def search_images(
+    cfg: IndexConfig,
+    paths: PathsConfig,
+    images: list[str],
+    k: int = 5,
+    index_dir: str | None = None,
+    *,
+    max_pixels: int,
+) -> list[dict]:
     """Visual search for image files: ``[{"image": path, "results": [{id, ..., distance}]}]``.
 
     The index is ``index_dir`` (default ``paths.index_dir``); the embedder is ``index.embedder_dir``

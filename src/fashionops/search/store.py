@@ -57,9 +57,15 @@ def json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def write_index_dir(out_dir: str | Path, vectors: np.ndarray, index: AnnIndex, items: pd.DataFrame,
-                    meta: dict[str, Any], projection: Projection | None,
-                    class_probs: np.ndarray | None = None) -> Path:
+def write_index_dir(
+    out_dir: str | Path,
+    vectors: np.ndarray,
+    index: AnnIndex,
+    items: pd.DataFrame,
+    meta: dict[str, Any],
+    projection: Projection | None,
+    class_probs: np.ndarray | None = None,
+) -> Path:
     """Save everything into a temp sibling dir, then swap it in: never a partial index dir.
 
     ``meta`` is written as ``index_meta.json``; its ``backend`` (default Annoy) must be the one

@@ -39,9 +39,19 @@ class TuneResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def search_k_for_target(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray,
-                        exact_dist: np.ndarray, k: int, target: float, max_search_k: int,
-                        metric: str, trials: list[dict[str, Any]], n_trees: int) -> tuple[int, float] | None:
+def search_k_for_target(
+    index: AnnIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    rows: np.ndarray,
+    exact_dist: np.ndarray,
+    k: int,
+    target: float,
+    max_search_k: int,
+    metric: str,
+    trials: list[dict[str, Any]],
+    n_trees: int,
+) -> tuple[int, float] | None:
     """Smallest search_k in [k, max_search_k] with recall >= target (recall grows with search_k).
 
     Every measurement is appended to ``trials``; None when even ``max_search_k`` misses the target.
@@ -71,11 +81,21 @@ def search_k_for_target(index: AnnIndex, vectors: np.ndarray, queries: np.ndarra
     return hi, cache[hi]
 
 
-def tune_index(vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, max_trees: int = 200,
-               k: int = 10, target: float = 0.95, n_queries: int = 500, seed: int = 42,
-               search_k: int = -1, path: str | Path | None = None, n_jobs: int = 1,
-               max_search_k: int | None = None,
-               backend: str | AnnBackend = DEFAULT_BACKEND) -> tuple[AnnIndex, TuneResult]:
+def tune_index(
+    vectors: np.ndarray,
+    metric: str = "angular",
+    n_trees: int = 50,
+    max_trees: int = 200,
+    k: int = 10,
+    target: float = 0.95,
+    n_queries: int = 500,
+    seed: int = 42,
+    search_k: int = -1,
+    path: str | Path | None = None,
+    n_jobs: int = 1,
+    max_search_k: int | None = None,
+    backend: str | AnnBackend = DEFAULT_BACKEND,
+) -> tuple[AnnIndex, TuneResult]:
     """Build the index and pick the smallest ``search_k`` reaching ``target`` recall@k.
 
     Queries are ``n_queries`` catalogue items (fixed by ``seed``) searched without themselves. If the
@@ -110,14 +130,22 @@ def tune_index(vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, 
             trials.append({"n_trees": trees, "search_k": search_k, "recall": rec})
             best = (index, trees, search_k, rec, build_s)
             break
-        found = search_k_for_target(index, vectors, queries, rows, exact_dist, k, target,
-                                    max_search_k, metric, trials, trees)
+        found = search_k_for_target(
+            index, vectors, queries, rows, exact_dist, k, target, max_search_k, metric, trials, trees
+        )
         if found is not None:
             best = (index, trees, found[0], found[1], build_s)
             break
         rec = trials[-1]["recall"]
-        log.info("%s: %d trees reach recall@%d %.4f at search_k %d (target %.4f)",
-                 ann.name, trees, k, rec, max_search_k, target)
+        log.info(
+            "%s: %d trees reach recall@%d %.4f at search_k %d (target %.4f)",
+            ann.name,
+            trees,
+            k,
+            rec,
+            max_search_k,
+            target,
+        )
         if best is None or rec > best[3]:
             best = (index, trees, max_search_k, rec, build_s)
         if trees >= max_trees:
@@ -126,9 +154,25 @@ def tune_index(vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, 
     index, trees, chosen, rec, build_s = best
     if path is not None:
         index.save(path)
-    result = TuneResult(n_trees=trees, search_k=int(chosen), recall=float(rec), target=target,
-                        reached=bool(rec >= target), k=k, n_queries=len(rows), build_s=build_s,
-                        trials=trials)
-    log.info("%s: %d trees, search_k %d: recall@%d %.4f (target %.4f %s)", ann.name, trees, result.search_k,
-             k, result.recall, target, "reached" if result.reached else "missed")
+    result = TuneResult(
+        n_trees=trees,
+        search_k=int(chosen),
+        recall=float(rec),
+        target=target,
+        reached=bool(rec >= target),
+        k=k,
+        n_queries=len(rows),
+        build_s=build_s,
+        trials=trials,
+    )
+    log.info(
+        "%s: %d trees, search_k %d: recall@%d %.4f (target %.4f %s)",
+        ann.name,
+        trees,
+        result.search_k,
+        k,
+        result.recall,
+        target,
+        "reached" if result.reached else "missed",
+    )
     return index, result

@@ -72,15 +72,15 @@ class Projection:
 
     def save(self, path: str | Path) -> None:
         """Write ``projection.npz`` (mean, components, explained variance)."""
-        np.savez(path, mean=self.mean, components=self.components,
-                 explained_variance=np.float64(self.explained_variance))
+        np.savez(
+            path, mean=self.mean, components=self.components, explained_variance=np.float64(self.explained_variance)
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Projection:
         """Read what :meth:`save` wrote."""
         with np.load(path) as z:
-            return cls(z["mean"].astype(np.float32), z["components"].astype(np.float32),
-                       float(z["explained_variance"]))
+            return cls(z["mean"].astype(np.float32), z["components"].astype(np.float32), float(z["explained_variance"]))
 
 
 def fit_projection(vectors: np.ndarray, dim: int, seed: int = 42) -> Projection:
@@ -98,5 +98,8 @@ def fit_projection(vectors: np.ndarray, dim: int, seed: int = 42) -> Projection:
     if dim >= vectors.shape[0]:
         raise DataError(f"index.dim={dim} needs more than {dim} catalogue items, got {vectors.shape[0]}")
     svd = TruncatedSVD(n_components=dim, algorithm="randomized", random_state=seed).fit(vectors)
-    return Projection(np.zeros(vectors.shape[1], dtype=np.float32), svd.components_.astype(np.float32),
-                      float(svd.explained_variance_ratio_.sum()))
+    return Projection(
+        np.zeros(vectors.shape[1], dtype=np.float32),
+        svd.components_.astype(np.float32),
+        float(svd.explained_variance_ratio_.sum()),
+    )

@@ -41,9 +41,12 @@ from fashionops.serving.routing import document_json_variants
 log = logging.getLogger(__name__)
 
 
-def create_app(params: Params, bundle: ModelBundle | None = None,
-               loader: Callable[[], ModelBundle] | None = None,
-               fingerprint: Callable[[], str | None] | None = None) -> FastAPI:
+def create_app(
+    params: Params,
+    bundle: ModelBundle | None = None,
+    loader: Callable[[], ModelBundle] | None = None,
+    fingerprint: Callable[[], str | None] | None = None,
+) -> FastAPI:
     """The FastAPI app. ``bundle``/``loader`` default to ``load_bundle(params)`` (tests pass their own
     bundle); ``fingerprint`` tells the reload poll what the source holds now.
 
@@ -62,8 +65,9 @@ def create_app(params: Params, bundle: ModelBundle | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
         if cfg.reload_poll_s > 0:
-            threading.Thread(target=holder.poll_forever, args=(cfg.reload_poll_s, stop),
-                             name="fashionops-reload-poll", daemon=True).start()
+            threading.Thread(
+                target=holder.poll_forever, args=(cfg.reload_poll_s, stop), name="fashionops-reload-poll", daemon=True
+            ).start()
         yield
         stop.set()
 
@@ -99,8 +103,7 @@ def set_torch_threads(n: int) -> None:
 
 
 @contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                    timeout_s: float = 30.0) -> Iterator[str]:
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0) -> Iterator[str]:
     """Run ``app`` with uvicorn in a background thread (tests, tools); yields its base URL.
 
     ``port=0`` picks a free port. The server is stopped when the block exits.

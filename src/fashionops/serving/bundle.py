@@ -56,7 +56,8 @@ class ModelBundle:
     cleanup_dir: Path | None = None  # a download directory this bundle owns
     loaded_at: float = field(default_factory=time.time)
     slots: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(inference_slots()), repr=False, compare=False)
+        default_factory=lambda: threading.BoundedSemaphore(inference_slots()), repr=False, compare=False
+    )
     _items: dict[int, dict[str, Any]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -162,8 +163,12 @@ def _clean(value: Any) -> Any:
 class BundleHolder:
     """The serving bundle: readers take ``current`` once; reloads build then swap the reference."""
 
-    def __init__(self, bundle: ModelBundle, loader: Callable[[], ModelBundle],
-                 fingerprint: Callable[[], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        loader: Callable[[], ModelBundle],
+        fingerprint: Callable[[], str | None] | None = None,
+    ) -> None:
         self.current = bundle
         self._loader = loader
         self._fingerprint = fingerprint
@@ -194,8 +199,7 @@ class BundleHolder:
             if old.cleanup_dir and old.cleanup_dir != new.cleanup_dir:
                 shutil.rmtree(old.cleanup_dir, ignore_errors=True)
             log.info("reloaded models: %s -> %s", old.fingerprint, new.fingerprint)
-            return {"reloaded": True, "changed": changed, "previous": old.fingerprint,
-                    "fingerprint": new.fingerprint}
+            return {"reloaded": True, "changed": changed, "previous": old.fingerprint, "fingerprint": new.fingerprint}
 
     def poll_forever(self, interval_s: float, stop: threading.Event) -> None:
         """Reload when the source's fingerprint changes; errors are logged, never fatal."""
@@ -204,5 +208,5 @@ class BundleHolder:
                 result = self.reload(force=False)
                 if result.get("reloaded"):
                     log.info("poll picked up new models: %s", result["fingerprint"])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a poll must never kill the server
                 log.warning("reload poll failed (still serving %s): %s", self.current.fingerprint, exc)

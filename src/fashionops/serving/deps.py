@@ -109,16 +109,16 @@ async def decode_image(data: bytes, name: str, settings: ServeConfig) -> np.ndar
         raise HTTPException(413 if "too large" in text else 400, text) from None
 
 
-async def classify_input(form: Annotated[ClassifyForm, File()], settings: Settings,
-                         k: QueryK = None) -> ImageQuery:
+async def classify_input(form: Annotated[ClassifyForm, File()], settings: Settings, k: QueryK = None) -> ImageQuery:
     """``POST /classify``: the uploaded photo, decoded, and ``k``."""
     data, name = await read_upload(form.file, settings)
     top_k = _k(form.k, k, settings)
     return ImageQuery(await decode_image(data, name, settings), name, top_k)
 
 
-async def search_form_input(form: Annotated[SearchForm, File()], settings: Settings,
-                            k: QueryK = None, item_id: QueryItemId = None) -> SearchInput:
+async def search_form_input(
+    form: Annotated[SearchForm, File()], settings: Settings, k: QueryK = None, item_id: QueryItemId = None
+) -> SearchInput:
     """``POST /search`` with a form: an uploaded photo, or an ``item_id`` (form field or query)."""
     upload = await read_upload(form.file, settings) if form.file is not None else None
     top_k = _k(form.k, k, settings)
@@ -128,8 +128,9 @@ async def search_form_input(form: Annotated[SearchForm, File()], settings: Setti
     return SearchInput(None, None, used(form.item_id if form.item_id is not None else item_id), top_k)
 
 
-async def search_json_input(body: Annotated[SearchByItem, Body()], settings: Settings,
-                            k: QueryK = None, item_id: QueryItemId = None) -> SearchInput:
+async def search_json_input(
+    body: Annotated[SearchByItem, Body()], settings: Settings, k: QueryK = None, item_id: QueryItemId = None
+) -> SearchInput:
     """``POST /search`` with a JSON body: ``{"item_id": ..., "k": ...}`` (or ``?item_id=``)."""
     top_k = _k(body.k, k, settings)
     # a JSON null item_id is "no item id", not "the query's"

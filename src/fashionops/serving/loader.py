@@ -59,11 +59,15 @@ def resolve_source(params: Params) -> str:
     try:
         if registry_fingerprint(params.register, params.tracking, s.alias) is not None:
             return "registry"
-    except Exception as exc:  # an unreachable store falls back to local outputs in dev
+    except Exception as exc:  # noqa: BLE001 - an unreachable store falls back to local outputs in dev
         log.warning("registry not usable (%s); trying local model outputs", exc)
     if (Path(params.paths.classifier_dir) / SPEC_FILE).is_file():
-        log.warning("no @%s in the registry: serving local %s + %s",
-                    s.alias, params.paths.classifier_dir, params.paths.index_dir)
+        log.warning(
+            "no @%s in the registry: serving local %s + %s",
+            s.alias,
+            params.paths.classifier_dir,
+            params.paths.index_dir,
+        )
         return "local"
     return "registry"  # the error message names the alias
 
@@ -77,10 +81,16 @@ def load_bundle(params: Params, source: str | None = None) -> ModelBundle:
             raise ServeError("serve.source=dir needs serve.model_dir (a `fashionops pull` directory)")
         return load_bundle_from_pull(params.serve.model_dir, images, params.register, jit=params.serve.jit)
     if source == "registry":
-        return load_bundle_from_registry(params.register, params.tracking, params.serve.alias, images,
-                                         jit=params.serve.jit)
-    return load_bundle_from_dirs(params.paths.classifier_dir, params.paths.index_dir, images,
-                                 embedder_dir=params.index.embedder_dir, jit=params.serve.jit)
+        return load_bundle_from_registry(
+            params.register, params.tracking, params.serve.alias, images, jit=params.serve.jit
+        )
+    return load_bundle_from_dirs(
+        params.paths.classifier_dir,
+        params.paths.index_dir,
+        images,
+        embedder_dir=params.index.embedder_dir,
+        jit=params.serve.jit,
+    )
 
 
 def current_fingerprint(params: Params, source: str) -> str | None:
@@ -129,11 +139,17 @@ def load_bundle_from_dirs(
     if jit:
         predictor, embedder = _compiled(predictor, embedder, searcher)
     return ModelBundle(
-        predictor=predictor, embedder=embedder, searcher=searcher, images_dir=Path(images_dir),
-        source=source, alias=alias,
+        predictor=predictor,
+        embedder=embedder,
+        searcher=searcher,
+        images_dir=Path(images_dir),
+        source=source,
+        alias=alias,
         classifier=classifier or {"version": "local", "path": str(model_dir.resolve())},
-        index={**(index or {"version": "local", "path": str(index_dir.resolve())}),
-               **{k: searcher.meta[k] for k in INDEX_META_SHOWN if k in searcher.meta}},
+        index={
+            **(index or {"version": "local", "path": str(index_dir.resolve())}),
+            **{k: searcher.meta[k] for k in INDEX_META_SHOWN if k in searcher.meta},
+        },
         fingerprint=fingerprint or local_fingerprint(model_dir, index_dir),
         cleanup_dir=cleanup_dir,
     )
@@ -243,9 +259,17 @@ def _pull_fingerprint(pull_dir: Path, manifest: dict[str, Any]) -> str:
     return "dir:" + hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_bundle_from_pull(pull_dir: str | Path, images_dir: str | Path, register: RegisterConfig | None = None,
-                          *, source: str = "dir", jit: bool = False, alias: str | None = None,
-                          fingerprint: str | None = None, owned: bool = False) -> ModelBundle:
+def load_bundle_from_pull(
+    pull_dir: str | Path,
+    images_dir: str | Path,
+    register: RegisterConfig | None = None,
+    *,
+    source: str = "dir",
+    jit: bool = False,
+    alias: str | None = None,
+    fingerprint: str | None = None,
+    owned: bool = False,
+) -> ModelBundle:
     """Load a directory written by ``fashionops pull`` (both models + ``manifest.json``).
 
     Refuses a directory whose files no longer match the manifest, or whose index was not built
@@ -265,13 +289,20 @@ def load_bundle_from_pull(pull_dir: str | Path, images_dir: str | Path, register
     cls_entry, idx_entry = manifest.get("classifier") or {}, manifest.get("index") or {}
     built_with = (idx_entry.get("tags") or {}).get("classifier_version")
     if built_with is not None and str(built_with) != str(cls_entry.get("version")):
-        raise ServeError(f"{pull_dir}: index v{idx_entry.get('version')} was built with classifier "
-                         f"v{built_with}, not v{cls_entry.get('version')}: not a matching pair")
+        raise ServeError(
+            f"{pull_dir}: index v{idx_entry.get('version')} was built with classifier "
+            f"v{built_with}, not v{cls_entry.get('version')}: not a matching pair"
+        )
     model_dir, index_dir, embedder_dir = _pull_dirs(pull_dir, manifest)
     own_fingerprint = _pull_fingerprint(pull_dir, manifest)  # also refuses a dir without a manifest
     names = register or RegisterConfig()
     return load_bundle_from_dirs(
-        model_dir, index_dir, images_dir, embedder_dir=embedder_dir, jit=jit, source=source,
+        model_dir,
+        index_dir,
+        images_dir,
+        embedder_dir=embedder_dir,
+        jit=jit,
+        source=source,
         alias=alias or manifest.get("alias"),
         classifier=_manifest_entry(manifest, "classifier", names.classifier_name),
         index=_manifest_entry(manifest, "index", names.index_name),
@@ -300,8 +331,9 @@ def registry_fingerprint(register: RegisterConfig, tracking: TrackingConfig, ali
     return "registry:" + "|".join(parts)
 
 
-def load_bundle_from_registry(register: RegisterConfig, tracking: TrackingConfig, alias: str,
-                              images_dir: str | Path, *, jit: bool = False) -> ModelBundle:
+def load_bundle_from_registry(
+    register: RegisterConfig, tracking: TrackingConfig, alias: str, images_dir: str | Path, *, jit: bool = False
+) -> ModelBundle:
     """Download both models of ``alias`` (via ``registry.pull``) and load them."""
     from fashionops.registry.pull import pull
 
@@ -315,8 +347,9 @@ def load_bundle_from_registry(register: RegisterConfig, tracking: TrackingConfig
     try:
         pull(register, tracking, alias=alias, dest=str(dest))
         # The poll compares registry fingerprints; a promotion during the pull shows up next poll.
-        return load_bundle_from_pull(dest, images_dir, register, source="registry", jit=jit, alias=alias,
-                                     fingerprint=before, owned=True)
+        return load_bundle_from_pull(
+            dest, images_dir, register, source="registry", jit=jit, alias=alias, fingerprint=before, owned=True
+        )
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

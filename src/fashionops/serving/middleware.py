@@ -59,10 +59,14 @@ class Guard:
             await self._app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if self._token and not (path in PUBLIC_PATHS or path.startswith("/static/")) \
-                and not authorized(scope, self._token):
-            resp = JSONResponse({"detail": "missing or wrong bearer token"}, 401,
-                                headers={"WWW-Authenticate": "Bearer"})
+        if (
+            self._token
+            and not (path in PUBLIC_PATHS or path.startswith("/static/"))
+            and not authorized(scope, self._token)
+        ):
+            resp = JSONResponse(
+                {"detail": "missing or wrong bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"}
+            )
             await resp(scope, receive, send)
             return
         if scope["method"] not in ("POST", "PUT", "PATCH"):

@@ -56,7 +56,7 @@ async def read_body(request: Request) -> None:
             await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
         except UploadTooLarge:  # the body passed the limit while it was read: 413
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any multipart parse error is the client's
             raise HTTPException(400, f"cannot parse the form: {exc}") from None
     elif content_type:
         raise HTTPException(415, f"unsupported content type {content_type!r}: use multipart/form-data or JSON")

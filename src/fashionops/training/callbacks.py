@@ -53,8 +53,9 @@ class Throughput(Callback):
         self._images = 0
         self._train_seconds = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._images += int(batch[0].shape[0]) * trainer.world_size
 
     def _end_train_part(self, pl_module: L.LightningModule) -> None:
@@ -78,13 +79,15 @@ class Throughput(Callback):
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end_train_part(pl_module)
         seconds = max(self._train_seconds or 0.0, 1e-9)
-        self.epochs.append({
-            "epoch": trainer.current_epoch + 1,
-            "train_images": self._images,
-            "train_seconds": seconds,
-            "epoch_seconds": time.perf_counter() - self._epoch_t0,
-            "images_per_s": self._images / seconds,
-        })
+        self.epochs.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "train_images": self._images,
+                "train_seconds": seconds,
+                "epoch_seconds": time.perf_counter() - self._epoch_t0,
+                "images_per_s": self._images / seconds,
+            }
+        )
 
     def live_rate(self) -> float:
         elapsed = time.perf_counter() - self._t0

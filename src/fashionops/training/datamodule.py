@@ -101,8 +101,9 @@ class CachedImages(Dataset):
     worker process instead of being pickled (pickling a memmap copies the whole array).
     """
 
-    def __init__(self, images_path: Path, rows: np.ndarray, labels: np.ndarray,
-                 images: np.ndarray | None = None) -> None:
+    def __init__(
+        self, images_path: Path, rows: np.ndarray, labels: np.ndarray, images: np.ndarray | None = None
+    ) -> None:
         self.images_path = Path(images_path)
         self.rows = np.ascontiguousarray(rows, dtype=np.int64)
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64))  # a writable copy
@@ -189,8 +190,7 @@ class BatchTransform:
     ``preprocess_batch`` (resize + the spec's mean/std), exactly as at inference.
     """
 
-    def __init__(self, spec: ModelSpec, augment: AugmentConfig | None = None,
-                 channels_last: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, augment: AugmentConfig | None = None, channels_last: bool = False) -> None:
         self.spec = spec
         self.augment = augment or AugmentConfig(hflip=False)
         self.channels_last = channels_last
@@ -267,19 +267,28 @@ class BatchTransform:
             return (1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * j).clamp(min=0)
 
         x = x * factor()  # brightness
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         x = (x - gray.mean(dim=(2, 3), keepdim=True)) * factor() + gray.mean(dim=(2, 3), keepdim=True)  # contrast
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         return gray + (x - gray) * factor()  # saturation
 
 
 class FashionDataModule(L.LightningDataModule):
     """Train/val/test loaders over ``data/prepared`` plus the on-device batch transform."""
 
-    def __init__(self, data: PreparedData, spec: ModelSpec, batch_size: int = 64,
-                 balance: str = "none", augment: AugmentConfig | None = None, num_workers: int = 0,
-                 seed: int = 42, channels_last: bool = False, eval_batch_size: int | None = None,
-                 pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        spec: ModelSpec,
+        batch_size: int = 64,
+        balance: str = "none",
+        augment: AugmentConfig | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        channels_last: bool = False,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
         super().__init__()
         self.data = data
         self.spec = spec
@@ -302,12 +311,27 @@ class FashionDataModule(L.LightningDataModule):
             raise DataError(f"{data.root / 'index.parquet'}: the val split is empty (needed for checkpoints)")
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, spec: ModelSpec, data: PreparedData, *, balance: str = "none",
-                    channels_last: bool = False, pin_memory: bool = False) -> FashionDataModule:
+    def from_config(
+        cls,
+        cfg: TrainConfig,
+        spec: ModelSpec,
+        data: PreparedData,
+        *,
+        balance: str = "none",
+        channels_last: bool = False,
+        pin_memory: bool = False,
+    ) -> FashionDataModule:
         """The loaders ``train`` asks for (batch size, augmentation, workers, seed; ``prepare.balance``)."""
         return cls(
-            data, spec, batch_size=cfg.batch_size, balance=balance, augment=cfg.augment,
-            num_workers=cfg.num_workers, seed=cfg.seed, channels_last=channels_last, pin_memory=pin_memory,
+            data,
+            spec,
+            batch_size=cfg.batch_size,
+            balance=balance,
+            augment=cfg.augment,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+            channels_last=channels_last,
+            pin_memory=pin_memory,
         )
 
     @property

@@ -53,8 +53,9 @@ class _EpochStats:
         self.preds: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
 
-    def update(self, loss: torch.Tensor, n: int, preds: torch.Tensor | None = None,
-               targets: torch.Tensor | None = None) -> None:
+    def update(
+        self, loss: torch.Tensor, n: int, preds: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> None:
         weighted = loss.detach().float() * n
         self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
         self.count += n
@@ -66,8 +67,14 @@ class _EpochStats:
 class FashionLitModule(L.LightningModule):
     """Trains a ``factory.build_model`` module (classifier or autoencoder) from ``TrainConfig``."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, train: TrainConfig,
-                 class_weights: list[float] | None = None, weighted_loss: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        train: TrainConfig,
+        class_weights: list[float] | None = None,
+        weighted_loss: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
@@ -83,13 +90,15 @@ class FashionLitModule(L.LightningModule):
                 )
             if len(class_weights) != self.num_classes:
                 raise FashionOpsError(
-                    f"class_weights.json has {len(class_weights)} weights for {self.num_classes} classes")
+                    f"class_weights.json has {len(class_weights)} weights for {self.num_classes} classes"
+                )
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
         else:
             self.class_weights = None
         if self.task == "autoencoder" and self.loss_kind != "mse":
             raise FashionOpsError(
-                f"task autoencoder needs an autoencoder model (loss mse), got loss {self.loss_kind!r}")
+                f"task autoencoder needs an autoencoder model (loss mse), got loss {self.loss_kind!r}"
+            )
         self.history: list[dict[str, float]] = []
         self._train_stats = _EpochStats()
         self._val_stats = _EpochStats()

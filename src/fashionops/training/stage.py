@@ -44,8 +44,18 @@ from fashionops.training.runtime import library_versions, resolve_runtime, set_c
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr",
-                   "train_acc", "train_macro_f1", "epoch_seconds", "images_per_s"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "val_macro_f1",
+    "lr",
+    "train_acc",
+    "train_macro_f1",
+    "epoch_seconds",
+    "images_per_s",
+]
 
 # Expected on this stage's setup; each would otherwise print on every run.
 for _pattern in (
@@ -80,13 +90,22 @@ def resumable_run_id(tracking: TrackingConfig, paths: PathsConfig) -> str | None
 def make_logger(tracking: TrackingConfig, paths: PathsConfig, run_id: str | None) -> MLFlowLogger:
     """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0)."""
     return MLFlowLogger(
-        experiment_name=tracking.experiment, tracking_uri=tracking_uri(tracking), run_id=run_id,
-        tags=run_tags(paths) if run_id is None else None, log_model=False,
+        experiment_name=tracking.experiment,
+        tracking_uri=tracking_uri(tracking),
+        run_id=run_id,
+        tags=run_tags(paths) if run_id is None else None,
+        log_model=False,
     )
 
 
-def start_tracking(tracking: TrackingConfig, paths: PathsConfig, logger: MLFlowLogger, resume: bool,
-                   runtime: dict[str, Any], run_config: dict[str, Any]) -> str:
+def start_tracking(
+    tracking: TrackingConfig,
+    paths: PathsConfig,
+    logger: MLFlowLogger,
+    resume: bool,
+    runtime: dict[str, Any],
+    run_config: dict[str, Any],
+) -> str:
     """Open the logger's run and record what a reviewer needs; returns the run id.
 
     Logs every param of ``run_config`` (``section.key`` -> value), the device and library
@@ -116,7 +135,7 @@ def start_tracking(tracking: TrackingConfig, paths: PathsConfig, logger: MLFlowL
     changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
     new = [Param(k, v) for k, v in flat.items() if k not in logged]
     for i in range(0, len(new), 100):  # MLflow's batch limit
-        client.log_batch(run_id, params=new[i:i + 100])
+        client.log_batch(run_id, params=new[i : i + 100])
     tags = {
         "stage": "train",
         "device": runtime["device_name"],
@@ -171,13 +190,26 @@ def best_row(rows: list[dict[str, Any]], monitor: str, mode: str) -> dict[str, A
 
 
 # -- the stage ----------------------------------------------------------------------------
-def build_trainer(cfg: TrainConfig, runtime: dict[str, Any], ckpt_dir: Path, monitor: tuple[str, str],
-                  logger: Any, throughput: Throughput, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: TrainConfig,
+    runtime: dict[str, Any],
+    ckpt_dir: Path,
+    monitor: tuple[str, str],
+    logger: Any,
+    throughput: Throughput,
+    extra_callbacks: list[Callback] | None = None,
+) -> L.Trainer:
     """The Trainer of the stage: checkpoints on the monitor, early stopping, seeded epochs."""
     name, mode = monitor
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=name, mode=mode, save_top_k=1, save_last=True,
-        enable_version_counter=False, auto_insert_metric_name=False,
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=name,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
     )
     callbacks: list[Callback] = [
         EpochSeed(cfg.seed),
@@ -211,15 +243,25 @@ def build_trainer(cfg: TrainConfig, runtime: dict[str, Any], ckpt_dir: Path, mon
 
 
 # train params that may change between a run and its resume (placement, paths, patience)
-RESUME_MAY_CHANGE = {"accelerator", "devices", "strategy", "num_nodes", "num_workers", "cpu_threads", "compile",
-                     "precision", "preset", "early_stopping_patience"}
+RESUME_MAY_CHANGE = {
+    "accelerator",
+    "devices",
+    "strategy",
+    "num_nodes",
+    "num_workers",
+    "cpu_threads",
+    "compile",
+    "precision",
+    "preset",
+    "early_stopping_patience",
+}
 
 
 def check_resumable(last: Path, cfg: TrainConfig) -> None:
     """Refuse a resume whose train params would change the run (schedule length, model, data...)."""
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a truncated/corrupt file: say which and what to do
+    except Exception as exc:
         raise FashionOpsError(f"--resume: cannot read {last} ({exc}); train again without --resume") from exc
     saved = (ckpt.get("fashionops") or {}).get("train")
     if saved is None:
@@ -228,18 +270,27 @@ def check_resumable(last: Path, cfg: TrainConfig) -> None:
     changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
     if changed:
         detail = ", ".join(f"train.{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise FashionOpsError(f"--resume: the checkpoint was trained with other params ({detail}); "
-                              "resume with the same params or train again without --resume")
+        raise FashionOpsError(
+            f"--resume: the checkpoint was trained with other params ({detail}); "
+            "resume with the same params or train again without --resume"
+        )
 
 
 def _best_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     prefix = "model."
-    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
-def run_train(cfg: TrainConfig, paths: PathsConfig, tracking: TrackingConfig, *, balance: str = "none",
-              resume: bool = False, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_train(
+    cfg: TrainConfig,
+    paths: PathsConfig,
+    tracking: TrackingConfig,
+    *,
+    balance: str = "none",
+    resume: bool = False,
+    run_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, keep the best epoch, write the model, checkpoints, reports and the MLflow run.
 
     ``balance`` is ``prepare.balance`` (``class_weights``: weighted loss, ``weighted_sampler``:
@@ -252,8 +303,14 @@ def run_train(cfg: TrainConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     from fashionops.models.factory import build_model, model_spec, save_model
 
     if run_config is None:
-        run_config = flatten({"paths": paths.model_dump(), "prepare": {"balance": balance},
-                              "train": cfg.model_dump(), "tracking": tracking.model_dump()})
+        run_config = flatten(
+            {
+                "paths": paths.model_dump(),
+                "prepare": {"balance": balance},
+                "train": cfg.model_dump(),
+                "tracking": tracking.model_dump(),
+            }
+        )
     out_dir, report_dir = Path(paths.classifier_dir), paths.reports("train")
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last = ckpt_dir / "last.ckpt"
@@ -273,16 +330,21 @@ def run_train(cfg: TrainConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     model = build_model(spec, pretrained="none" if resume else None)
     if cfg.freeze_groups:
         frozen = freeze_leading_groups(model, cfg.freeze_groups)
-        log.info("train.freeze_groups=%d: %d backbone tensors frozen%s", cfg.freeze_groups, frozen,
-                 "" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)")
+        log.info(
+            "train.freeze_groups=%d: %d backbone tensors frozen%s",
+            cfg.freeze_groups,
+            frozen,
+            "" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)",
+        )
     if runtime["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     weighted = cfg.loss == "weighted_ce" or balance == "class_weights"
     if cfg.loss == "mse" and cfg.task != "autoencoder":
         raise FashionOpsError("train.loss=mse is the autoencoder loss; set train.task=autoencoder")
     lit = FashionLitModule(model, spec, cfg, class_weights=data.class_weights, weighted_loss=weighted)
-    dm = FashionDataModule.from_config(cfg, spec, data, balance=balance, channels_last=runtime["channels_last"],
-                                       pin_memory=runtime["cuda"])
+    dm = FashionDataModule.from_config(
+        cfg, spec, data, balance=balance, channels_last=runtime["channels_last"], pin_memory=runtime["cuda"]
+    )
 
     throughput = Throughput()
     logger = make_logger(tracking, paths, resumable_run_id(tracking, paths) if resume else None)

@@ -146,8 +146,11 @@ def check_gx_dir(gx_dir: Path) -> None:
 
 
 def run_suites(
-    gx_dir: Path, frames: Mapping[str, pd.DataFrame], parameters: Mapping[str, Any],
-    result_format: Mapping[str, Any], docs_dir: Path,
+    gx_dir: Path,
+    frames: Mapping[str, pd.DataFrame],
+    parameters: Mapping[str, Any],
+    result_format: Mapping[str, Any],
+    docs_dir: Path,
 ) -> dict[str, Any]:
     """Run each suite's validation definition on its frame (``frames[suite]``) and build Data Docs.
 
@@ -164,7 +167,8 @@ def run_suites(
             ctx = gx.get_context(mode="file", context_root_dir=str(gx_dir))
             results = {
                 suite: ctx.validation_definitions.get(suite).run(
-                    batch_parameters={"dataframe": frame}, expectation_parameters=dict(parameters),
+                    batch_parameters={"dataframe": frame},
+                    expectation_parameters=dict(parameters),
                     result_format=dict(result_format),
                 )
                 for suite, frame in frames.items()

@@ -16,13 +16,32 @@ from typing import Any
 import pandas as pd
 
 FACT_COLUMNS: list[str] = [
-    "id", "file", "exists", "bytes", "decodes", "truncated", "width", "height", "mode", "format",
-    "sha256", "error",
+    "id",
+    "file",
+    "exists",
+    "bytes",
+    "decodes",
+    "truncated",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "sha256",
+    "error",
 ]
 FACT_DTYPES: dict[str, str] = {
-    "id": "int64", "file": "string", "exists": "bool", "bytes": "Int64", "decodes": "boolean",
-    "truncated": "boolean", "width": "Int64", "height": "Int64", "mode": "string",
-    "format": "string", "sha256": "string", "error": "string",
+    "id": "int64",
+    "file": "string",
+    "exists": "bool",
+    "bytes": "Int64",
+    "decodes": "boolean",
+    "truncated": "boolean",
+    "width": "Int64",
+    "height": "Int64",
+    "mode": "string",
+    "format": "string",
+    "sha256": "string",
+    "error": "string",
 }
 
 
@@ -55,7 +74,7 @@ def image_facts(image_id: int, file: str) -> dict[str, Any]:
             row.update(width=im.width, height=im.height, mode=im.mode, format=im.format)
             im.load()
         row["decodes"] = True
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... for bad files
         msg = str(exc) or type(exc).__name__
         if msg.startswith("cannot identify image file"):
             msg = "cannot identify image file (not an image PIL can read)"
@@ -76,7 +95,7 @@ def gather_facts(catalogue: pd.DataFrame, workers: int = 2) -> pd.DataFrame:
         # Large chunks: per-task overhead dominates for 5 KB thumbnails. fork is cheapest on
         # Linux (nothing to re-import); elsewhere the platform default.
         size = max(64, len(items) // (workers * 8) + 1)
-        chunks = [items[i: i + size] for i in range(0, len(items), size)]
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
         method = "fork" if sys.platform.startswith("linux") else None
         with mp.get_context(method).Pool(workers) as pool:
             rows = [r for part in pool.map(_facts_chunk, chunks) for r in part]

@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 
 # Keys of run_validate's return value taken from the full summary.
 RESULT_KEYS: tuple[str, ...] = (
-    "passed", "rows", "images_ok", "duplicate_groups", "critical_failures", "warnings", "failures",
-    "seconds", "data_docs", "facts_path",
+    "passed",
+    "rows",
+    "images_ok",
+    "duplicate_groups",
+    "critical_failures",
+    "warnings",
+    "failures",
+    "seconds",
+    "data_docs",
+    "facts_path",
 )
 
 
@@ -62,12 +70,19 @@ def _outcomes(
     for suite_name, suite_result in results.items():
         for res in suite_result.results:
             name = (res.expectation_config.meta or {}).get("name") or res.expectation_config.type
-            count, examples = (
-                (0, []) if res.success else failure_examples(culprits_of(name), res, meta, facts, limit)
+            count, examples = (0, []) if res.success else failure_examples(culprits_of(name), res, meta, facts, limit)
+            outcomes.append(
+                (
+                    name,
+                    {
+                        "suite": suite_name,
+                        "success": bool(res.success),
+                        "severity": severity.get(name, "critical"),
+                        "unexpected_count": count,
+                        "examples": examples,
+                    },
+                )
             )
-            outcomes.append((name, {"suite": suite_name, "success": bool(res.success),
-                                    "severity": severity.get(name, "critical"),
-                                    "unexpected_count": count, "examples": examples}))
     return outcomes
 
 
@@ -114,14 +129,18 @@ def run_validate(
     facts = gather_facts(catalogue, cfg.workers)
     facts_s = time.perf_counter() - t0
     meta = _metadata_frame(catalogue, label)
-    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": ["id"],
-                     "partial_unexpected_count": cfg.max_examples}
+    result_format = {
+        "result_format": "COMPLETE",
+        "unexpected_index_column_names": ["id"],
+        "partial_unexpected_count": cfg.max_examples,
+    }
 
     report_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = report_dir / "data_docs"
     t0 = time.perf_counter()
-    results = run_suites(gx_dir, {METADATA_SUITE: meta, FACTS_SUITE: facts}, expectation_parameters(cfg),
-                         result_format, docs_dir)
+    results = run_suites(
+        gx_dir, {METADATA_SUITE: meta, FACTS_SUITE: facts}, expectation_parameters(cfg), result_format, docs_dir
+    )
     gx_s = time.perf_counter() - t0
 
     outcomes = _outcomes(results, severity, meta, facts, cfg.max_examples)
@@ -142,16 +161,16 @@ def run_validate(
         "critical_failures": len(critical),
         "warnings": len(warnings_),
         "failures": {n: o["unexpected_count"] for n, o in by_name.items()},
-        "seconds": {"facts": round(facts_s, 2), "gx": round(gx_s, 2),
-                    "total": round(time.perf_counter() - started, 2)},
+        "seconds": {"facts": round(facts_s, 2), "gx": round(gx_s, 2), "total": round(time.perf_counter() - started, 2)},
         # Lists only below: `dvc metrics show` lists the numbers above and skips these.
         "failed_critical": [n for n, o in by_name.items() if not o["success"] and o["severity"] == "critical"],
         "failed_warning": [n for n, o in by_name.items() if not o["success"] and o["severity"] != "critical"],
         "examples": {n: o["examples"] for n, o in by_name.items() if not o["success"]},
     }
     write_json(report_dir / "summary.json", summary)
-    summary.update(data_dir=str(root), data_docs=str(docs_dir / "index.html"),
-                   facts_path=str(facts_path) if not critical else None)
+    summary.update(
+        data_dir=str(root), data_docs=str(docs_dir / "index.html"), facts_path=str(facts_path) if not critical else None
+    )
     if critical:
         facts_path.unlink(missing_ok=True)
         raise ValidationFailed(

@@ -69,13 +69,15 @@ class AnnoyBackend(AnnBackend):
     index_file: ClassVar[str] = "index.ann"
     metrics: ClassVar[tuple[str, ...]] = ("angular", "euclidean", "manhattan", "dot")
 
-    def build(self, vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, seed: int = 42,
-              n_jobs: int = 1) -> AnnoyTreeIndex:
+    def build(
+        self, vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, seed: int = 42, n_jobs: int = 1
+    ) -> AnnoyTreeIndex:
         from annoy import AnnoyIndex
 
         if metric == "hamming":
             raise FashionOpsError(
-                "index.metric=hamming needs binary codes; float embeddings use angular/euclidean/dot/manhattan")
+                "index.metric=hamming needs binary codes; float embeddings use angular/euclidean/dot/manhattan"
+            )
         vectors = check_vectors(vectors)
         if n_trees < 1:
             raise FashionOpsError(f"index.n_trees must be >= 1, got {n_trees}")

@@ -52,8 +52,9 @@ class AnnIndex(ABC):
     def unload(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release memory or file mappings (the index is unusable afterwards)."""
 
-    def knn(self, queries: np.ndarray, k: int, search_k: int = -1,
-            exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def knn(
+        self, queries: np.ndarray, k: int, search_k: int = -1, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest items of each query row: (indices (q, k), distances (q, k)) padded with -1 / inf.
 
         ``exclude[i]`` (an item row) is dropped from query i's answers (self-queries); one more
@@ -81,8 +82,9 @@ class AnnBackend(ABC):
     metrics: ClassVar[tuple[str, ...]]  # the ``index.metric`` values it supports
 
     @abstractmethod
-    def build(self, vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, seed: int = 42,
-              n_jobs: int = 1) -> AnnIndex:
+    def build(
+        self, vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, seed: int = 42, n_jobs: int = 1
+    ) -> AnnIndex:
         """Index ``vectors`` (ids 0..n-1); deterministic for a seed with ``n_jobs=1``."""
 
     @abstractmethod

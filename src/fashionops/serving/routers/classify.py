@@ -15,8 +15,12 @@ from fashionops.serving.schemas import ClassifyResponse
 router = APIRouter(route_class=UploadRoute)
 
 
-@router.post("/classify", summary="Classify an uploaded product photo", response_model_exclude_unset=True,
-             responses=error_responses(400, 401, 413, 415, 422))
+@router.post(
+    "/classify",
+    summary="Classify an uploaded product photo",
+    response_model_exclude_unset=True,
+    responses=error_responses(400, 401, 413, 415, 422),
+)
 async def classify(query: Annotated[ImageQuery, Depends(classify_input)], bundle: Bundle) -> ClassifyResponse:
     """The photo's predicted class and probability, the ``k`` most probable classes, and the
     classifier that answered (registry version, alias, source)."""

@@ -20,8 +20,12 @@ async def get_item(item_id: int, bundle: Bundle) -> Item:
     return item
 
 
-@router.get("/items/{item_id}/image", summary="Catalogue item image (JPEG)", response_class=FileResponse,
-            responses=error_responses(401, 404))
+@router.get(
+    "/items/{item_id}/image",
+    summary="Catalogue item image (JPEG)",
+    response_class=FileResponse,
+    responses=error_responses(401, 404),
+)
 async def get_item_image(item_id: int, bundle: Bundle) -> FileResponse:
     # only ids in the index, only files inside the images dir (ModelBundle.image_path)
     path = bundle.image_path(item_id)

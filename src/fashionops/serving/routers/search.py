@@ -45,8 +45,15 @@ async def search_by_json(query: Annotated[SearchInput, Depends(search_json_input
 
 
 # first, so that it takes the JSON requests before the form route takes everything else
-router.add_api_route("/search", search_by_json, methods=["POST"], summary=SUMMARY, responses=ERRORS,
-                     response_model_exclude_unset=True, route_class_override=JsonRoute)
+router.add_api_route(
+    "/search",
+    search_by_json,
+    methods=["POST"],
+    summary=SUMMARY,
+    responses=ERRORS,
+    response_model_exclude_unset=True,
+    route_class_override=JsonRoute,
+)
 
 
 @router.post("/search", summary=SUMMARY, response_model_exclude_unset=True, responses=ERRORS)
