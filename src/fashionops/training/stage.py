@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -32,15 +31,14 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 
 from fashionops.config import PathsConfig, TrackingConfig, TrainConfig, flatten
 from fashionops.errors import FashionOpsError
-from fashionops.tracking import configure, read_run_file, run_tags, tracking_uri, write_run_file
 from fashionops.training.callbacks import EpochSeed, Throughput, ThroughputBar
 from fashionops.training.datamodule import FashionDataModule, PreparedData, load_prepared
 from fashionops.training.lit_module import FashionLitModule
-from fashionops.training.runtime import library_versions, resolve_runtime, set_cpu_threads
+from fashionops.training.mlflow_run import make_logger, resumable_run_id, start_tracking
+from fashionops.training.runtime import resolve_runtime, set_cpu_threads
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -65,92 +63,6 @@ for _pattern in (
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
 ):
     warnings.filterwarnings("ignore", message=_pattern)
-
-
-# -- tracking -----------------------------------------------------------------------------
-def _existing_run(uri: str, run_id: str) -> bool:
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(uri).get_run(run_id)
-        return True
-    except Exception:  # noqa: BLE001 - unknown id or unreachable store: start a new run
-        return False
-
-
-def resumable_run_id(tracking: TrackingConfig, paths: PathsConfig) -> str | None:
-    """The MLflow run recorded in ``paths.run_file`` if it is in the configured store."""
-    info = read_run_file(paths.run_file)
-    uri = tracking_uri(tracking)
-    if info and info.get("tracking_uri") == uri and _existing_run(uri, info["run_id"]):
-        return str(info["run_id"])
-    return None
-
-
-def make_logger(tracking: TrackingConfig, paths: PathsConfig, run_id: str | None) -> MLFlowLogger:
-    """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0)."""
-    return MLFlowLogger(
-        experiment_name=tracking.experiment,
-        tracking_uri=tracking_uri(tracking),
-        run_id=run_id,
-        tags=run_tags(paths) if run_id is None else None,
-        log_model=False,
-    )
-
-
-def start_tracking(
-    tracking: TrackingConfig,
-    paths: PathsConfig,
-    logger: MLFlowLogger,
-    resume: bool,
-    runtime: dict[str, Any],
-    run_config: dict[str, Any],
-) -> str:
-    """Open the logger's run and record what a reviewer needs; returns the run id.
-
-    Logs every param of ``run_config`` (``section.key`` -> value), the device and library
-    versions, and writes ``paths.run_file`` at once so a killed run can be resumed into the same
-    MLflow run.
-    """
-    from mlflow.entities import Param, RunTag
-
-    experiment_id = configure(tracking)  # before the run exists: the experiment's artifact location
-    uri = tracking_uri(tracking)
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    try:
-        client, run_id = logger.experiment, logger.run_id
-    finally:
-        # the logger's first use calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI;
-        # left set, it would redirect later stages (and tests) in this process to this store
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    assert run_id is not None  # reading logger.experiment created the run
-    write_run_file(paths.run_file, run_id, logger.experiment_id or experiment_id, uri)
-
-    logged = client.get_run(run_id).data.params
-    flat = {k: "" if v is None else str(v)[:6000] for k, v in run_config.items()}
-    changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
-    new = [Param(k, v) for k, v in flat.items() if k not in logged]
-    for i in range(0, len(new), 100):  # MLflow's batch limit
-        client.log_batch(run_id, params=new[i : i + 100])
-    tags = {
-        "stage": "train",
-        "device": runtime["device_name"],
-        "precision": runtime["precision"],
-        "torch_threads": str(torch.get_num_threads()),
-        **{f"version.{k}": v for k, v in library_versions().items()},
-    }
-    if resume:
-        tags["resumed"] = "true"
-        if changed:
-            # MLflow params are immutable; record what a resume changed instead of failing
-            tags["resume_changed_params"] = ",".join(changed)[:5000]
-        client.update_run(run_id, status="RUNNING")
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    return run_id
 
 
 # -- reports ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from fashionops.data.validation.expectations import SUITE_ASSETS, suite_expectations
+from fashionops.environ import scoped_environ
 from fashionops.errors import DataError
 
 DATASOURCE = "fashionops"
@@ -85,17 +86,8 @@ def _quiet_gx() -> None:
 @contextmanager
 def _store_dirs(results: Path, docs: Path) -> Iterator[None]:
     """Point the context's result store and Data Docs site at run-specific directories."""
-    values = {ENV_RESULTS: str(results) + os.sep, ENV_DOCS: str(docs) + os.sep}
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    with scoped_environ({ENV_RESULTS: str(results) + os.sep, ENV_DOCS: str(docs) + os.sep}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def init_gx_context(gx_dir: str | Path) -> Path:
