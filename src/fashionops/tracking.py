@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from fashionops.config import PathsConfig, TrackingConfig
+from fashionops.environ import scoped_environ
 
 # MLflow's own set_tracking_uri() also writes MLFLOW_TRACKING_URI into the environment (and
 # Lightning's MLFlowLogger calls it), so "the variable is set" does not mean a user chose a
@@ -81,14 +82,9 @@ def configure(tracking: TrackingConfig) -> str:
 
     uri = tracking_uri(tracking)
     embedded = is_embedded(tracking)
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with scoped_environ(keep=("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
     name = tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
@@ -211,7 +207,7 @@ def pipeline_run(tracking: TrackingConfig, paths: PathsConfig) -> Iterator[Any]:
 
     experiment_id = configure(tracking)
     info = read_run_file(paths.run_file)
-    if info and _run_exists(info["run_id"]):
+    if info and run_exists(info["run_id"]):
         with mlflow.start_run(run_id=info["run_id"]) as run:
             mlflow.set_tags(run_tags(paths))
             yield run
@@ -331,11 +327,12 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def _run_exists(run_id: str) -> bool:
-    import mlflow
+def run_exists(run_id: str, uri: str | None = None) -> bool:
+    """Whether ``run_id`` is a run of the store at ``uri`` (default: the one :func:`configure` set)."""
+    from mlflow.tracking import MlflowClient
 
     try:
-        mlflow.get_run(run_id)
+        MlflowClient(uri).get_run(run_id)
         return True
     except Exception:  # noqa: BLE001 - MlflowException for unknown ids, any store error likewise
         return False

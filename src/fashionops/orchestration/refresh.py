@@ -54,9 +54,6 @@ def fetch_champion(
     model_dir = artifact_dir(local, CLASSIFIER_ARTIFACT)
     if not (model_dir / "model_spec.json").is_file():
         raise PipelineError(f"classifier v{version} has no {CLASSIFIER_ARTIFACT}/model_spec.json in {local}")
-    # Without the training run's run.json the index build logs into a new MLflow run instead of
-    # appending to the champion's training run.
-    (model_dir / "run.json").unlink(missing_ok=True)
     return {"name": cfg.classifier_name, "version": str(version), "model_dir": str(model_dir)}
 
 

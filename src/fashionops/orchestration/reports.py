@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fashionops.config import flatten
 from fashionops.orchestration.overrides import workspace_params, workspace_path
 
 # Where the MLflow UI is served (`make mlflow-ui`); only used to build links.
@@ -112,17 +113,11 @@ def _cell(value: Any) -> str:
 
 def metrics_table(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
     """``reports/evaluate/metrics.json`` as rows ``{"metric", "value"}`` (nested keys dotted)."""
-    rows: list[dict[str, Any]] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            rows.append({"metric": prefix, "value": value})
-
-    walk("", metrics or {})
-    return rows
+    return [
+        {"metric": key, "value": value}
+        for key, value in flatten(metrics or {}).items()
+        if isinstance(value, (int, float, str, bool)) or value is None
+    ]
 
 
 def registry_links(

@@ -38,9 +38,8 @@ def embed_catalogue(
     Returns ``(encoded, items)`` where ``items`` has ``annoy_idx`` and ``sha256`` of the file bytes.
     Unreadable images raise ``DataError`` naming the file.
     """
-    from fashionops.data.imaging import load_rgb, resize_rgb
+    from fashionops.data.imaging import load_rgb
 
-    h, w = predictor.input_size
     chunks: list[Encoded] = []
     shas: list[str] = []
     batch: list[np.ndarray] = []
@@ -52,8 +51,8 @@ def embed_catalogue(
     for file in cat["file"]:
         data = Path(file).read_bytes()
         shas.append(hashlib.sha256(data).hexdigest())
-        img = load_rgb(data, name=str(file))
-        batch.append(img if img.shape[:2] == (h, w) else resize_rgb(img, h, w))
+        # resized at once (one image at a time in memory at its decoded size)
+        batch.append(predictor.fit(load_rgb(data, name=str(file)))[0])
         if len(batch) == batch_size:
             flush()
     if batch:

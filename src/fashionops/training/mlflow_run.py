@@ -10,25 +10,15 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fashionops.config import PathsConfig, TrackingConfig
 from fashionops.environ import scoped_environ
-from fashionops.tracking import configure, read_run_file, run_tags, tracking_uri, write_run_file
+from fashionops.tracking import configure, read_run_file, run_exists, run_tags, tracking_uri, write_run_file
 from fashionops.training.runtime import library_versions
-
-
-def _existing_run(uri: str, run_id: str) -> bool:
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(uri).get_run(run_id)
-        return True
-    except Exception:  # noqa: BLE001 - unknown id or unreachable store: start a new run
-        return False
 
 
 def resumable_run_id(tracking: TrackingConfig, paths: PathsConfig) -> str | None:
     """The MLflow run recorded in ``paths.run_file`` if it is in the configured store."""
     info = read_run_file(paths.run_file)
     uri = tracking_uri(tracking)
-    if info and info.get("tracking_uri") == uri and _existing_run(uri, info["run_id"]):
+    if info and info.get("tracking_uri") == uri and run_exists(info["run_id"], uri):
         return str(info["run_id"])
     return None
 
