@@ -164,10 +164,12 @@ class EvaluateConfig(Section):
 
 
 class IndexConfig(Section):
-    """``index`` stage: embeddings and Annoy index with recall-targeted tuning."""
+    """``index`` stage: embeddings and an ANN index (Annoy or HNSW) with recall-targeted tuning."""
 
     embedder: Literal["classifier", "autoencoder"] = "classifier"
     embedder_dir: str | None = None  # None: paths.classifier_dir
+    # annoy: random-projection trees (n_trees, max_trees); hnsw: FAISS HNSW graph (hnsw_*), ~1M-item catalogues
+    backend: Literal["annoy", "hnsw"] = "annoy"
     metric: Literal["angular", "euclidean", "manhattan", "hamming", "dot"] = "angular"
     n_trees: int = Field(default=50, ge=1)
     search_k: int = -1  # -1: tuned to reach recall_target
@@ -176,8 +178,16 @@ class IndexConfig(Section):
     recall_k: int = Field(default=10, ge=1)
     tune_queries: int = Field(default=500, ge=1)
     max_trees: int = Field(default=200, ge=1)
+    # HNSW graph degree M (the tuner doubles it up to hnsw_max_m when ef alone misses the target)
+    hnsw_m: int = Field(default=16, ge=2)
+    hnsw_max_m: int = Field(default=64, ge=2)
+    hnsw_ef_construction: int = Field(default=200, ge=1)  # build-time candidate list: graph quality
     seed: int = 42
-    batch_size: int = Field(default=256, ge=1)
+    # images per forward pass (each with its mirror image); small batches stay in cache on the CPU
+    batch_size: int = Field(default=32, ge=1)
+    # parallel forward passes, each single-threaded (None: one per usable core; 1: one pass with
+    # torch's intra-op threads): measured faster for 80x60 images on the 2-core machine
+    encode_threads: int | None = Field(default=None, ge=1)
     retrieval_queries: int = Field(default=8, ge=1)
     # SVD projection to this many dimensions before Annoy (fitted on the catalogue, applied to
     # queries); None: index the embeddings as they are. Chosen by measurement (benchmarks/bench_index.py).

@@ -1,4 +1,4 @@
-"""Process environment changes that never outlive their scope.
+"""The process environment: changes that never outlive their scope, and the cores it may use.
 
 Some libraries are configured only through environment variables (Great Expectations' store
 paths) or export them as a side effect (MLflow's ``set_tracking_uri``); left set, they would
@@ -27,3 +27,11 @@ def scoped_environ(values: Mapping[str, str] | None = None, keep: Iterable[str] 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; all cores where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1

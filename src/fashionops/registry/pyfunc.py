@@ -52,6 +52,7 @@ _REQUIREMENTS = [
     "pandas",
     "pillow",
     "annoy",
+    "faiss-cpu",  # index.backend: hnsw
     "pyarrow",
     "pydantic",
     "pyyaml",
@@ -334,12 +335,15 @@ def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[s
 def log_visual_search(
     index_dir: str | Path, embedder_dir: str | Path, name: str = "visual_search", tags: dict[str, str] | None = None
 ) -> Any:
-    """Log the visual-search pyfunc (artifacts: Annoy index + items + embedder) to the active run."""
+    """Log the visual-search pyfunc (artifacts: the ANN index + items + embedder) to the active run."""
     import json
 
     import mlflow
 
-    index_dir = _check_dir(index_dir, ["index.ann", "items.parquet", "index_meta.json"], "index dir")
+    from fashionops.search.store import index_files
+
+    # the ANN index file is the backend's (index_meta.json names it): index.ann for Annoy
+    index_dir = _check_dir(index_dir, [p.name for p in index_files(index_dir)], "index dir")
     embedder_dir = _check_dir(embedder_dir, ["weights.pt", "model_spec.json"], "embedder model dir")
     meta = {
         "index_meta": json.loads((index_dir / "index_meta.json").read_text()),

@@ -5,7 +5,7 @@ Modules, one job each:
 * :mod:`.vectors`: vector checks, L2 normalisation, the catalogue-fitted SVD projection;
 * :mod:`.exact`: exact k-NN and tie-aware recall@k (the ground truth for ANN);
 * :mod:`.backends`: the ANN backend interface (:mod:`.backends.base`), the registry
-  (``get_backend``) and the backends (:mod:`.backends.annoy`);
+  (``get_backend``) and the backends (:mod:`.backends.annoy`, :mod:`.backends.hnsw`);
 * :mod:`.tuning`: the smallest ``search_k`` (and tree count) reaching a recall target, any backend;
 * :mod:`.rerank`: category-aware re-ranking of the ANN candidates;
 * :mod:`.store`: the index directory: file names, atomic writer, reader;

@@ -72,7 +72,7 @@ class IndexSearcher:
 
     @classmethod
     def load(cls, index_dir: str | Path) -> IndexSearcher:
-        """Open an index dir (see :mod:`fashionops.search.store`); the ANN index is memory-mapped."""
+        """Open an index dir (see :mod:`fashionops.search.store`); an Annoy index is memory-mapped."""
         stored = read_index_dir(index_dir)
         return cls(stored.index, stored.items, stored.meta, stored.projection, Path(index_dir), stored.class_probs)
 

@@ -7,8 +7,8 @@ embedder's space), ``index_meta.json``, ``class_probs.npy`` (the classifier's pr
 item, when re-ranking) and, when ``index.dim`` asks for one, ``projection.npz`` (rank-``dim``
 SVD fitted on the catalogue; queries go through it inside ``IndexSearcher``).
 
-``index_meta.json`` names its backend under ``backend``; without the key (every index built so
-far) it is Annoy.
+``index_meta.json`` names its backend under ``backend`` (``index.ann`` for Annoy, ``index.faiss`` for
+HNSW); without the key (index dirs built before the key existed) it is Annoy.
 """
 
 from __future__ import annotations

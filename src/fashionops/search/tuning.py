@@ -3,7 +3,8 @@
 The smallest ``search_k`` that reaches the target recall@k on self-excluded catalogue queries
 (doubling to bracket it, then bisection); if the target is out of reach within ``max_search_k``,
 the build doubles ``n_trees`` up to ``max_trees``. Works for any backend whose recall grows with
-``search_k`` (see :mod:`fashionops.search.backends.base`).
+``search_k`` (see :mod:`fashionops.search.backends.base`); the trials name the two knobs as the
+backend does (Annoy: ``n_trees``/``search_k``; HNSW: ``hnsw_m``/``ef_search``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def search_k_for_target(
     index: AnnIndex,
     vectors: np.ndarray,
     queries: np.ndarray,
-    rows: np.ndarray,
+    rows: np.ndarray | None,
     exact_dist: np.ndarray,
     k: int,
     target: float,
@@ -51,10 +52,12 @@ def search_k_for_target(
     metric: str,
     trials: list[dict[str, Any]],
     n_trees: int,
+    knobs: tuple[str, str] = ("n_trees", "search_k"),
 ) -> tuple[int, float] | None:
     """Smallest search_k in [k, max_search_k] with recall >= target (recall grows with search_k).
 
-    Every measurement is appended to ``trials``; None when even ``max_search_k`` misses the target.
+    Every measurement is appended to ``trials`` (keys: the backend's ``knobs`` names and
+    ``recall``); None when even ``max_search_k`` misses the target.
     """
     cache: dict[int, float] = {}
 
@@ -62,7 +65,7 @@ def search_k_for_target(
         if sk not in cache:
             idx, _ = index.knn(queries, k, sk, exclude=rows)
             cache[sk] = recall_at_k(vectors, queries, idx, exact_dist, metric)
-            trials.append({"n_trees": n_trees, "search_k": sk, "recall": cache[sk]})
+            trials.append({knobs[0]: n_trees, knobs[1]: sk, "recall": cache[sk]})
         return cache[sk]
 
     # doubling to bracket, then bisection to the smallest value that reaches the target; never
@@ -98,11 +101,14 @@ def tune_index(
 ) -> tuple[AnnIndex, TuneResult]:
     """Build the index and pick the smallest ``search_k`` reaching ``target`` recall@k.
 
-    Queries are ``n_queries`` catalogue items (fixed by ``seed``) searched without themselves. If the
+    Queries are ``n_queries`` catalogue items (fixed by ``seed``) searched without themselves; for a
+    backend that ``tunes_on_held_out`` (HNSW) they are left out of the build and added to the chosen
+    index afterwards, so they are searched as new items. If the
     target is out of reach within ``max_search_k``, the tree count doubles up to ``max_trees``.
-    A fixed ``search_k`` (not -1) is only measured. ``max_search_k`` (default: a fifth of the
-    items, at least 100*k) bounds the candidates: past that, more trees are the cheaper way to
-    recall. ``path``: also save the chosen index there. Returns ``(index, TuneResult)``.
+    A fixed ``search_k`` (not -1) is only measured. ``max_search_k`` (default: the backend's
+    ``default_max_search_k``; Annoy: a fifth of the items, at least 100*k) bounds the candidates:
+    past that, more trees are the cheaper way to recall. ``path``: also save the chosen index
+    there. Returns ``(index, TuneResult)``.
     """
     ann = get_backend(backend) if isinstance(backend, str) else backend
     vectors = check_vectors(vectors)
@@ -113,36 +119,51 @@ def tune_index(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     queries = vectors[rows]
-    _, exact_dist = exact_knn(vectors, queries, k, metric, exclude=rows)
+    held_out = ann.tunes_on_held_out and n - len(rows) > k
+    if held_out:
+        # the build leaves the queries out (they are added once tuned): they are new to the index,
+        # as a customer's photo is; their true neighbours are among the other items
+        kept = np.setdiff1d(np.arange(n), rows)
+        _, exact_dist = exact_knn(vectors[kept], queries, k, metric)
+        exclude = None
+    else:
+        _, exact_dist = exact_knn(vectors, queries, k, metric, exclude=rows)
+        exclude = rows
     trials: list[dict[str, Any]] = []
+    knobs = (ann.structure_knob, ann.search_knob)
     if max_search_k is None:
-        max_search_k = max(n // 5, 100 * k)
+        max_search_k = ann.default_max_search_k(n, k)
     max_search_k = max(int(max_search_k), k)
     trees = n_trees
     best: tuple[AnnIndex, int, int, float, float] | None = None
     while True:
         t0 = time.perf_counter()
-        index = ann.build(vectors, metric, trees, seed, n_jobs=n_jobs)
+        if held_out:
+            index = ann.build(vectors[kept], metric, trees, seed, n_jobs=n_jobs, rows=kept)
+        else:
+            index = ann.build(vectors, metric, trees, seed, n_jobs=n_jobs)
         build_s = time.perf_counter() - t0
         if search_k != -1:
-            idx, _ = index.knn(queries, k, search_k, exclude=rows)
+            idx, _ = index.knn(queries, k, search_k, exclude=exclude)
             rec = recall_at_k(vectors, queries, idx, exact_dist, metric)
-            trials.append({"n_trees": trees, "search_k": search_k, "recall": rec})
+            trials.append({knobs[0]: trees, knobs[1]: search_k, "recall": rec})
             best = (index, trees, search_k, rec, build_s)
             break
         found = search_k_for_target(
-            index, vectors, queries, rows, exact_dist, k, target, max_search_k, metric, trials, trees
+            index, vectors, queries, exclude, exact_dist, k, target, max_search_k, metric, trials, trees, knobs
         )
         if found is not None:
             best = (index, trees, found[0], found[1], build_s)
             break
         rec = trials[-1]["recall"]
         log.info(
-            "%s: %d trees reach recall@%d %.4f at search_k %d (target %.4f)",
+            "%s: %s %d reaches recall@%d %.4f at %s %d (target %.4f)",
             ann.name,
+            knobs[0],
             trees,
             k,
             rec,
+            knobs[1],
             max_search_k,
             target,
         )
@@ -152,6 +173,10 @@ def tune_index(
             break
         trees = min(trees * 2, max_trees)
     index, trees, chosen, rec, build_s = best
+    if held_out:
+        t0 = time.perf_counter()
+        index.add_rows(queries, rows)  # the index now holds every item
+        build_s += time.perf_counter() - t0
     if path is not None:
         index.save(path)
     result = TuneResult(
@@ -166,9 +191,11 @@ def tune_index(
         trials=trials,
     )
     log.info(
-        "%s: %d trees, search_k %d: recall@%d %.4f (target %.4f %s)",
+        "%s: %s %d, %s %d: recall@%d %.4f (target %.4f %s)",
         ann.name,
+        knobs[0],
         trees,
+        knobs[1],
         result.search_k,
         k,
         result.recall,

@@ -36,7 +36,8 @@ from fashionops.serving.bundle import ModelBundle
 log = logging.getLogger(__name__)
 
 MANIFEST_NAMES = ("manifest.json", "MANIFEST.json")
-INDEX_META_SHOWN = ("n_items", "n_trees", "search_k", "metric", "dim")  # index_meta.json keys /health shows
+# index_meta.json keys /health shows (each backend's knobs: Annoy n_trees, HNSW hnsw_m/ef_search)
+INDEX_META_SHOWN = ("n_items", "backend", "n_trees", "hnsw_m", "ef_search", "search_k", "metric", "dim")
 
 
 class ServeError(FashionOpsError):

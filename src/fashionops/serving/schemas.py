@@ -130,7 +130,10 @@ class IndexInfo(ModelInfo):
     """The index that answered: its model entry plus the index's own settings."""
 
     n_items: int | None = None
-    n_trees: int | None = None
+    backend: str | None = None  # annoy | hnsw (absent: an index built before HNSW existed, Annoy)
+    n_trees: int | None = None  # annoy
+    hnsw_m: int | None = None  # hnsw: graph degree M
+    ef_search: int | None = None  # hnsw: ef (= search_k)
     search_k: int | None = None
     metric: str | None = None
     dim: int | None = None

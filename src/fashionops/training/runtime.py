@@ -3,7 +3,6 @@ and the library versions a run records."""
 
 from __future__ import annotations
 
-import os
 import platform
 import random
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from fashionops.config import TrainConfig
+from fashionops.environ import usable_cores
 from fashionops.errors import FashionOpsError
 
 
@@ -41,11 +41,7 @@ def set_cpu_threads(threads: int | None = None) -> int:
     On a machine shared with other jobs fewer threads can be much faster (oversubscribed
     threads spin-wait on each other): ``train.cpu_threads``.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, threads or cores))
+    torch.set_num_threads(max(1, threads or usable_cores()))
     return torch.get_num_threads()
 
 

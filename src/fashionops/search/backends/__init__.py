@@ -10,10 +10,12 @@ from __future__ import annotations
 from fashionops.errors import FashionOpsError
 from fashionops.search.backends.annoy import AnnoyBackend
 from fashionops.search.backends.base import AnnBackend, AnnIndex, Neighbours
+from fashionops.search.backends.hnsw import HnswBackend
 
 DEFAULT_BACKEND = "annoy"  # what an index_meta.json without a "backend" key was built with
 BACKENDS: dict[str, type[AnnBackend]] = {
     AnnoyBackend.name: AnnoyBackend,
+    HnswBackend.name: HnswBackend,
 }
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "AnnBackend", "AnnIndex", "Neighbours", "get_backend"]

@@ -70,9 +70,18 @@ class AnnoyBackend(AnnBackend):
     metrics: ClassVar[tuple[str, ...]] = ("angular", "euclidean", "manhattan", "dot")
 
     def build(
-        self, vectors: np.ndarray, metric: str = "angular", n_trees: int = 50, seed: int = 42, n_jobs: int = 1
+        self,
+        vectors: np.ndarray,
+        metric: str = "angular",
+        n_trees: int = 50,
+        seed: int = 42,
+        n_jobs: int = 1,
+        rows: np.ndarray | None = None,
     ) -> AnnoyTreeIndex:
         from annoy import AnnoyIndex
+
+        if rows is not None:
+            raise FashionOpsError("an Annoy index holds rows 0..n-1; it cannot be built over other ids")
 
         if metric == "hamming":
             raise FashionOpsError(
