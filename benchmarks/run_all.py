@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+INDEX_EMBEDDINGS = HERE.parent / "models" / "index" / "embeddings.npy"  # written by the index stage
 
 
 def commands(quick: bool) -> dict[str, list[str]]:
@@ -25,7 +26,11 @@ def commands(quick: bool) -> dict[str, list[str]]:
         "validate": [str(HERE / "bench_validate.py")],
         "prepare": [str(HERE / "bench_prepare.py")],
         "train": [str(HERE / "bench_train.py")] + (["--quick"] if quick else []),
-        "index": [str(HERE / "bench_index.py")] + (["--n", "100000"] if quick else []),
+        "embed": [str(HERE / "bench_embed.py")] + (["--limit", "1024", "--train-steps", "15"] if quick else []),
+        # both ANN backends side by side; the real part reuses the index stage's stored embeddings
+        "index": [str(HERE / "bench_index.py"), "--backend", "annoy,hnsw", "--target", "0.95", "--rescore", "100"]
+        + (["--embeddings-npy", str(INDEX_EMBEDDINGS)] if INDEX_EMBEDDINGS.is_file() else [])
+        + (["--n", "100000"] if quick else []),
         "serve": [str(HERE / "bench_serve.py"), "--build-proxy"] + (["--duration", "10"] if quick else []),
     }
 
