@@ -18,7 +18,8 @@ Throughput is given as catalogue images/s and as forward passes/s (twice that wi
 images). The train stage's images/s (forward and backward) is measured in the same run by
 ``benchmarks/bench_train.py`` (its ``stage`` variant, Lightning + the real data module) unless
 ``--train-images-per-s`` is given; ``encoder passes/s / train images/s`` is the second ratio
-(target >= 2). Variants are interleaved and repeated; the best of each is kept.
+(target >= 2). Variants are interleaved and repeated; medians are reported, and ``encoder / plain_loop``
+is the median of the per-repeat ratios (single runs swing by 10-20 % on the shared machine).
 
     .venv/bin/python benchmarks/bench_embed.py                # 4,096 catalogue items
     .venv/bin/python benchmarks/bench_embed.py --limit 0      # the whole catalogue
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             fn()
             runs[name].append(n / (time.perf_counter() - t0))
             print(f"{name}: {runs[name][-1]:.0f} images/s", flush=True)
-    best = {k: max(v) for k, v in runs.items()}
+    # medians, and the encoder/plain ratio per interleaved repeat: on this shared kind of machine
+    # single runs swing by 10-20 %, and a best-of picks whichever variant got the lucky moment
+    best = {k: float(np.median(v)) for k, v in runs.items()}
+    paired = [e / q for e, q in zip(runs["encoder"], runs["plain_loop"])]
     train = ({"images_per_s": args.train_images_per_s, "source": "--train-images-per-s"}
              if args.train_images_per_s else train_images_per_s(args.train_steps))
     out = {
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": best,
         "forward_passes_per_s": {k: 2 * v for k, v in best.items()},
         "train_stage": train,
-        "ratio_encoder_vs_plain_loop": best["encoder"] / best["plain_loop"],
+        "statistic": "median over the interleaved repeats",
+        "ratio_encoder_vs_plain_loop": float(np.median(paired)),
+        "ratio_encoder_vs_plain_loop_per_repeat": paired,
         "ratio_encoder_passes_vs_train_images": 2 * best["encoder"] / train["images_per_s"],
         "ratio_encoder_images_vs_train_images": best["encoder"] / train["images_per_s"],
         "speedup_vs_previous_stage": best["encoder"] / best["previous_stage"],

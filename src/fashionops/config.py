@@ -174,7 +174,7 @@ class IndexConfig(Section):
     n_trees: int = Field(default=50, ge=1)
     search_k: int = -1  # -1: tuned to reach recall_target
     recall_target: float = Field(default=0.95, gt=0, le=1)
-    recall_margin: float = Field(default=0.01, ge=0, lt=1)  # tuned for target + margin (sampling noise)
+    recall_margin: float = Field(default=0.02, ge=0, lt=1)  # tuned for target + margin (sampling noise)
     recall_k: int = Field(default=10, ge=1)
     tune_queries: int = Field(default=500, ge=1)
     max_trees: int = Field(default=200, ge=1)
