@@ -37,7 +37,11 @@ def _describe(source: Source, name: str | None) -> str:
     return "<bytes>"
 
 
-def _read_bytes(path: Path, label: str) -> bytes:
+def read_image_bytes(path: str | Path, label: str | None = None) -> bytes:
+    """An image file's bytes; a missing or unreadable file is a ``DataError`` naming ``label``
+    (default: the path)."""
+    path = Path(path)
+    label = label or str(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -210,7 +214,7 @@ def load_rgb(source: Source, max_pixels: int | None = None, name: str | None = N
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(source), label, max_pixels)
     if isinstance(source, (str, Path)):
-        return _decode_bytes(_read_bytes(Path(source), label), label, max_pixels)
+        return _decode_bytes(read_image_bytes(Path(source), label), label, max_pixels)
     raise DataError(f"{label}: unsupported image source type {type(source).__name__}")
 
 
@@ -235,7 +239,7 @@ def decode_file(path: str | Path, height: int, width: int, max_pixels: int | Non
     ``load_rgb`` (so cached pixels equal ``resize_rgb(load_rgb(path), height, width)``).
     """
     label = str(path)
-    data = _read_bytes(Path(path), label)
+    data = read_image_bytes(Path(path), label)
     digest = hashlib.sha256(data).hexdigest()
     return _decode_bytes(data, label, max_pixels, size=(height, width)), digest
 
@@ -243,7 +247,7 @@ def decode_file(path: str | Path, height: int, width: int, max_pixels: int | Non
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (the content hash used to group byte-identical images)."""
     label = str(path)
-    return hashlib.sha256(_read_bytes(Path(path), label)).hexdigest()
+    return hashlib.sha256(read_image_bytes(Path(path), label)).hexdigest()
 
 
 def decode_files_into(npy_path: str | Path, start: int, files: list[str], height: int, width: int) -> list[str]:

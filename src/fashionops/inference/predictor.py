@@ -39,6 +39,15 @@ class Encoded:
     embeddings: np.ndarray
     class_probs: np.ndarray | None = None
 
+    @classmethod
+    def concat(cls, parts: Sequence[Encoded]) -> Encoded:
+        """``parts`` one after the other (probabilities only when every part has them)."""
+        probs = [p.class_probs for p in parts if p.class_probs is not None]
+        return cls(
+            np.concatenate([p.embeddings for p in parts], axis=0),
+            np.concatenate(probs, axis=0) if len(probs) == len(parts) else None,
+        )
+
 
 class Predictor:
     """A trained model ready for inference (eval mode, no gradients) on ``device``."""
@@ -151,7 +160,7 @@ class Predictor:
         need a classifier (``embed_with_logits``); an autoencoder gives ``class_probs=None``.
         A search projection is applied by the searcher, not here.
         """
-        with_probs = with_probs and hasattr(self.module, "embed_with_logits")
+        with_probs = self.encoding_method(with_probs) == "embed_with_logits"
         self.module.eval()
         embeddings: list[np.ndarray] = []
         probs: list[np.ndarray] = []
@@ -169,6 +178,10 @@ class Predictor:
                 if logits is not None:
                     probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float32))
         return Encoded(np.concatenate(embeddings, axis=0), np.concatenate(probs, axis=0) if probs else None)
+
+    def encoding_method(self, with_probs: bool) -> str:
+        """The module method :meth:`encode` calls (what a trace for encoding must keep)."""
+        return "embed_with_logits" if with_probs and hasattr(self.module, "embed_with_logits") else "embed"
 
     def embed(self, images: Images, batch_size: int = 256) -> np.ndarray:
         """L2-normalised embeddings (N, D) float32."""

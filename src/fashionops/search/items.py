@@ -128,12 +128,7 @@ def embed_catalogue(
     items["sha256"] = shas
     items.insert(0, "annoy_idx", np.arange(len(items), dtype=np.int64))
     items = items[["annoy_idx", *ITEM_COLUMNS, "file"]]
-    probs = [c.class_probs for c in chunks if c.class_probs is not None]
-    encoded = Encoded(
-        np.concatenate([c.embeddings for c in chunks], axis=0),
-        np.concatenate(probs, axis=0) if len(probs) == len(chunks) else None,
-    )
-    return encoded, items
+    return Encoded.concat(chunks), items
 
 
 @contextmanager
@@ -163,10 +158,8 @@ def _encode_chunk(
 
     if pool is None:
         return encode_batch(images)
-    parts = list(pool.map(encode_batch, [images[i : i + batch_size] for i in range(0, len(images), batch_size)]))
-    probs = [p.class_probs for p in parts if p.class_probs is not None]
-    return Encoded(
-        np.concatenate([p.embeddings for p in parts]), np.concatenate(probs) if len(probs) == len(parts) else None
+    return Encoded.concat(
+        list(pool.map(encode_batch, [images[i : i + batch_size] for i in range(0, len(images), batch_size)]))
     )
 
 
@@ -175,17 +168,14 @@ def load_item_pixels(
 ) -> tuple[np.ndarray, list[str], int]:
     """``files`` as one uint8 NHWC batch at the model's input size, their sha256s, how many came
     from the cache."""
-    from fashionops.data.imaging import load_rgb
+    from fashionops.data.imaging import load_rgb, read_image_bytes
 
     h, w = predictor.input_size
     out = np.empty((len(files), h, w, 3), dtype=np.uint8)
     shas: list[str] = []
     from_cache: list[tuple[int, int]] = []  # (position, cache row)
     for pos, file in enumerate(files):
-        try:
-            data = Path(file).read_bytes()
-        except OSError as exc:
-            raise DataError(f"{file}: cannot read the image file ({exc.strerror or exc})") from None
+        data = read_image_bytes(file)
         sha = hashlib.sha256(data).hexdigest()
         shas.append(sha)
         row = pixels.row_of_sha.get(sha) if pixels is not None else None

@@ -83,9 +83,9 @@ def run_index(cfg: IndexConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     label_column = str(spec.label_column or label)
     rerank = rerank_settings(cfg, label_column, spec.classes if spec.task == "classifier" else None)
     log.info("embedding %d catalogue images with %s", len(cat), embedder_dir(cfg, paths))
-    with_probs = rerank is not None and hasattr(predictor.module, "embed_with_logits")
+    with_probs = rerank is not None
     # a frozen NHWC trace of what encoding calls: ~2x the eager module's images/s on the CPU
-    encoder = predictor.compiled(["embed_with_logits" if with_probs else "embed"], channels_last=True)
+    encoder = predictor.compiled([predictor.encoding_method(with_probs)], channels_last=True)
     encoded, items = embed_catalogue(
         cat,
         encoder,

@@ -176,7 +176,7 @@ def check_pair(embedder: Predictor, searcher: IndexSearcher, index_dir: Path) ->
 
 def _compiled(predictor: Predictor, embedder: Predictor, searcher: IndexSearcher) -> tuple[Predictor, Predictor]:
     """TorchScript traces of what requests call: ``forward`` and the index's query encoding."""
-    embed = "embed_with_logits" if searcher.rerank and hasattr(embedder.module, "embed_with_logits") else "embed"
+    embed = embedder.encoding_method(bool(searcher.rerank))
     if embedder is predictor:
         both = predictor.compiled(["forward", embed])
         return both, both

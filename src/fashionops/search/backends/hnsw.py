@@ -18,13 +18,13 @@ gets; a build with one thread is deterministic for a seed (with more, insertions
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fashionops.atomic import atomic_path
+from fashionops.environ import usable_cores
 from fashionops.errors import DataError, FashionOpsError
 from fashionops.search.backends.base import AnnBackend, AnnIndex, Neighbours
 from fashionops.search.vectors import check_vectors, l2_normalise
@@ -73,7 +73,7 @@ class HnswGraphIndex(AnnIndex):
             raise DataError(f"{len(ids)} row ids for {len(vectors)} vectors")
         if self.metric == "angular":
             vectors = l2_normalise(vectors)
-        threads = (os.cpu_count() or 1) if self.n_jobs < 1 else int(self.n_jobs)
+        threads = usable_cores() if self.n_jobs < 1 else int(self.n_jobs)
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(threads)  # this thread's OpenMP setting, restored below
         try:
