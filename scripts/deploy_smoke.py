@@ -1,6 +1,9 @@
 """Deploy smoke test (`make deploy-smoke`): load both ``@champion`` models by alias in a fresh
 process that gets nothing but the tracking URI, and predict on a few real images.
 
+The alias is resolved here first, checked to be a pair (``registry.aliases.resolve_pair``: an
+unpaired alias is refused with a one-line error), and the child loads exactly those two versions.
+
 The child process runs in an empty temporary directory with an environment of only
 ``MLFLOW_TRACKING_URI`` (plus PATH/HOME/locale), imports nothing from this repository itself and
 relies on the models' logged code. Prints the predictions as JSON; exits non-zero on any failure.
@@ -30,7 +33,7 @@ files = cfg["images"]
 frame = pd.DataFrame({"image": [open(f, "rb").read() for f in files]})  # the documented input schema
 out = {}
 for role, name, params in (("classifier", cfg["classifier"], {"top_k": 3}), ("visual_search", cfg["index"], {"k": 3})):
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{cfg['alias']}")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{cfg['versions'][name]}")
     pred = model.predict(frame, params=params)
     if len(pred) != len(files):
         raise SystemExit(f"{name}: {len(pred)} predictions for {len(files)} images")
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO / "src"))
     from fashionops.config import load_params
+    from fashionops.errors import FashionOpsError
+    from fashionops.registry.aliases import reader_client, resolve_pair
+    from fashionops.registry.transaction import repair_stale_lock
     from fashionops.tracking import tracking_uri
 
     params = load_params(a.params)
@@ -69,14 +75,37 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"deploy-smoke: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-    cfg = {"images": images, "alias": a.alias, "classifier": params.register.classifier_name,
-           "index": params.register.index_name}
-    env = {"MLFLOW_TRACKING_URI": uri, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-           "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1"}
+    try:  # the pair the alias names now (an open registry transaction's snapshot while one runs)
+        client = reader_client(params.tracking)
+        repair_stale_lock(client, params.register)  # a register killed mid-move: its aliases back first
+        cls_version, idx_version = resolve_pair(client, params.register, a.alias)
+    except FashionOpsError as exc:
+        print(f"deploy-smoke: FAILED: {exc}", file=sys.stderr)
+        return 1
+    cfg = {
+        "images": images,
+        "alias": a.alias,
+        "classifier": params.register.classifier_name,
+        "index": params.register.index_name,
+        "versions": {params.register.classifier_name: cls_version, params.register.index_name: idx_version},
+    }
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONNOUSERSITE": "1",
+    }
     with tempfile.TemporaryDirectory(prefix="deploy-smoke-") as cwd:
         try:
-            proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], cwd=cwd, env=env,
-                                  capture_output=True, text=True, timeout=a.timeout)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, json.dumps(cfg)],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=a.timeout,
+            )
         except subprocess.TimeoutExpired:
             print(f"deploy-smoke: FAILED: no answer within {a.timeout:.0f}s", file=sys.stderr)
             return 1
@@ -90,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deploy-smoke: FAILED: unexpected output:\n{proc.stdout[-2000:]}", file=sys.stderr)
         return 1
     for cls, vs in zip(result["classifier"], result["visual_search"]):
-        print(f"{Path(cls['file']).name}: {cls['label']} ({cls['probability']:.3f}); "
-              f"similar: {', '.join(str(i) for i in vs['ids'])}")
+        print(
+            f"{Path(cls['file']).name}: {cls['label']} ({cls['probability']:.3f}); "
+            f"similar: {', '.join(str(i) for i in vs['ids'])}"
+        )
     print(json.dumps({"alias": a.alias, "tracking_uri": uri, **result}, indent=2))
     return 0
 

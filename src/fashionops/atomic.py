@@ -2,18 +2,31 @@
 
 Every stage output goes through these, so a crash or a bad input never leaves a half-written
 file or directory behind (the previous output stays until the new one is complete).
+
+A killed process cannot remove its own staging directory, so :func:`staged_dir` names each one
+after its owner (``.<dest>.staging-<pid>-<random>``, the replaced output while it is swapped
+``.<dest>.staging-<pid>-replaced``) and, before staging, sweeps the ones beside the target whose
+owner is no longer alive. Owners are looked up on this host: a directory shared between hosts
+(NFS) needs one writer host per target.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+# ".<dest>.staging-<owner pid>-<suffix>": the only names the sweep removes (a user's own
+# ".data.old-2019" beside a `pull --dest data` is never touched).
+_STAGING_NAME = re.compile(r"staging-(\d+)-.+")
 
 
 @contextmanager
@@ -46,16 +59,60 @@ def write_json(path: str | Path, obj: Any, default: Callable[[Any], Any] = str) 
     return write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie (a killed, unreaped child)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): existence is all we know
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def sweep_stale_staging(dest: str | Path) -> list[Path]:
+    """Remove staging directories beside ``dest`` left by killed processes; returns what was removed.
+
+    Only ``.<dest>.staging-<pid>-*`` directories whose owner ``pid`` is dead on this host go; live
+    owners' ones stay. (Unowned ``.<dest>.<random>`` folders of versions before owners were recorded
+    are left for a person to remove.)
+    """
+    dest = Path(dest)
+    prefix = f".{dest.name}."
+    removed: list[Path] = []
+    if not dest.parent.is_dir():
+        return removed
+    for entry in dest.parent.iterdir():
+        owner = _STAGING_NAME.fullmatch(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
+        if owner is None or entry.is_symlink() or not entry.is_dir() or pid_alive(int(owner.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d staging folder(s) of killed runs beside %s", len(removed), dest)
+    return removed
+
+
 @contextmanager
 def staged_dir(dest: str | Path) -> Iterator[Path]:
     """Yield an empty temp directory beside ``dest``; on success it replaces ``dest`` (the old
-    one is moved aside first and removed only afterwards), on failure it is removed."""
+    one is moved aside first and removed only afterwards), on failure it is removed.
+
+    Staging directories of killed earlier runs beside ``dest`` are swept first
+    (:func:`sweep_stale_staging`)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    sweep_stale_staging(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-", dir=dest.parent))
     try:
         yield tmp
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        old = dest.with_name(f".{dest.name}.staging-{os.getpid()}-replaced")  # swept if killed here
         if dest.exists():
             os.replace(dest, old)
         os.replace(tmp, dest)

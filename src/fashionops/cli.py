@@ -1,21 +1,27 @@
 """The ``fashionops`` command line: one subcommand per stage, thin callers of library functions.
 
 Every stage subcommand takes ``--params PATH`` and repeatable ``--set section.key=value``.
-Expected failures (``FashionOpsError``) print ``error: ...`` and exit with status 1.
+Expected failures (``FashionOpsError``) and file-system failures (``OSError``: disk full, read-only,
+...) print one line ``error: ...`` and exit with status 1; SIGTERM exits with 143 after cleaning up.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fashionops.config import Params, dump_params, list_presets, load_params
-from fashionops.errors import FashionOpsError
+from fashionops.errors import FashionOpsError, Terminated, os_error_message
 from fashionops.logs import configure_logging
+
+log = logging.getLogger("fashionops.cli")  # not __name__: "__main__" under `python -m`
 
 
 def _print_json(obj: Any) -> None:
@@ -24,8 +30,14 @@ def _print_json(obj: Any) -> None:
 
 def cmd_import(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.data.catalogue import import_catalogue
+    from fashionops.data.validation.raw_record import accept_record
 
-    return import_catalogue(p.data, p.paths, source=a.source, track=not a.no_dvc, max_examples=p.validate.max_examples)
+    result = import_catalogue(
+        p.data, p.paths, source=a.source, track=not a.no_dvc, max_examples=p.validate.max_examples
+    )
+    if result.get("dvc_file"):
+        accept_record(p.paths.raw_dir)  # what a failing validation under `dvc repro` puts back
+    return result
 
 
 def cmd_validate(p: Params, a: argparse.Namespace) -> Any:
@@ -106,20 +118,30 @@ def cmd_search(p: Params, a: argparse.Namespace) -> Any:
 
 def cmd_register(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.registry.register import run_register
+    from fashionops.registry.transaction import fault_hook_from_env
 
-    return run_register(p.register, p.paths, p.tracking, embedder_dir=p.index.embedder_dir, run_config=p.flat())
+    return run_register(
+        p.register,
+        p.paths,
+        p.tracking,
+        embedder_dir=p.index.embedder_dir,
+        run_config=p.flat(),
+        on_step=fault_hook_from_env(),  # test hook; None unless $FASHIONOPS_REGISTER_FAULT is set
+    )
 
 
 def cmd_promote(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.registry.aliases import promote
+    from fashionops.registry.transaction import fault_hook_from_env
 
-    return promote(p.register, p.tracking, version=a.version, reason=a.reason)
+    return promote(p.register, p.tracking, version=a.version, reason=a.reason, on_step=fault_hook_from_env())
 
 
 def cmd_rollback(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.registry.aliases import rollback
+    from fashionops.registry.transaction import fault_hook_from_env
 
-    return rollback(p.register, p.tracking, reason=a.reason)
+    return rollback(p.register, p.tracking, reason=a.reason, on_step=fault_hook_from_env())
 
 
 def cmd_pull(p: Params, a: argparse.Namespace) -> Any:
@@ -279,18 +301,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    command = " ".join(x for x in (args.command, getattr(args, "step", None)) if x)
+    # SIGTERM unwinds like Ctrl-C: staging folders are removed, worker pools killed, the MLflow
+    # run marked KILLED, the previous outputs left as they were.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         params = load_params(args.params, args.overrides)
         result = args.func(params, args)
     except FashionOpsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # disk full, read-only, a file where a folder should be...: one line, the traceback at DEBUG
+        log.debug("fashionops %s failed", command, exc_info=True)
+        print(f"error: {os_error_message(exc, command)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        if args.command == "serve":  # how a server is told to stop: uvicorn already shut down cleanly
+            log.info("fashionops serve stopped (SIGTERM)")
+            return 0
+        print(f"error: fashionops {command} terminated (SIGTERM); its previous outputs are unchanged", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if result is not None:
         _print_json(result)
     return 0

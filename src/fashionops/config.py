@@ -232,6 +232,8 @@ class ServeConfig(Section):
     jit: bool = True  # serve frozen TorchScript traces (checked against eager; eager if tracing fails)
     max_upload_mb: float = Field(default=10.0, gt=0)
     max_pixels: int = Field(default=4_000_000, ge=1)
+    # seconds a client has to send a whole request body; then 408 and the connection is closed
+    body_timeout_s: float = Field(default=30.0, gt=0)
     token_env: str = "FASHIONOPS_API_TOKEN"
     reload_poll_s: float = Field(default=0.0, ge=0)  # 0: only POST /reload
     top_k: int = Field(default=5, ge=1)

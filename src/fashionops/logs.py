@@ -34,6 +34,7 @@ def configure_logging(level: str | int | None = None) -> None:
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
     logging.getLogger("fashionops").setLevel(chosen)
-    root.setLevel(logging.WARNING if logging.getLevelName(chosen) != "DEBUG" else logging.DEBUG)
+    numeric = chosen if isinstance(chosen, int) else logging.getLevelName(chosen)  # "DEBUG" -> 10
+    root.setLevel(logging.DEBUG if numeric == logging.DEBUG else logging.WARNING)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -9,7 +9,9 @@ One MLflow run per pipeline run: ``train`` creates it and records its id in ``pa
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,8 +20,11 @@ from typing import Any
 
 import yaml
 
+from fashionops.atomic import pid_alive, write_json
 from fashionops.config import PathsConfig, TrackingConfig
 from fashionops.environ import scoped_environ
+
+log = logging.getLogger(__name__)
 
 # MLflow's own set_tracking_uri() also writes MLFLOW_TRACKING_URI into the environment (and
 # Lightning's MLFlowLogger calls it), so "the variable is set" does not mean a user chose a
@@ -183,11 +188,9 @@ def run_tags(paths: PathsConfig) -> dict[str, str]:
 
 
 def write_run_file(path: str | Path, run_id: str, experiment_id: str, uri: str) -> Path:
-    """Record the pipeline's MLflow run (``paths.run_file``) so the later stages reopen it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri}, indent=2))
-    return path
+    """Record the pipeline's MLflow run (``paths.run_file``) so the later stages reopen it (atomically:
+    readers see the previous run or this one)."""
+    return write_json(path, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri})
 
 
 def read_run_file(path: str | Path) -> dict[str, Any] | None:
@@ -209,10 +212,10 @@ def pipeline_run(tracking: TrackingConfig, paths: PathsConfig) -> Iterator[Any]:
     info = read_run_file(paths.run_file)
     if info and run_exists(info["run_id"]):
         with mlflow.start_run(run_id=info["run_id"]) as run:
-            mlflow.set_tags(run_tags(paths))
+            mlflow.set_tags({**run_tags(paths), **owner_tags()})
             yield run
     else:
-        with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(paths)) as run:
+        with mlflow.start_run(experiment_id=experiment_id, tags={**run_tags(paths), **owner_tags()}) as run:
             yield run
 
 
@@ -325,6 +328,44 @@ def model_card(
         "Limits: trained on studio catalogue photos (80x60); other photos are out of distribution.",
     ]
     return "\n".join(lines) + "\n"
+
+
+# Tags naming the process that holds a run open: a RUNNING run whose owner is dead was killed.
+OWNER_PID_TAG, OWNER_HOST_TAG = "fashionops.owner_pid", "fashionops.owner_host"
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that say which process (pid on host) is writing a run."""
+    return {OWNER_PID_TAG: str(os.getpid()), OWNER_HOST_TAG: socket.gethostname()}
+
+
+def mark_abandoned_runs(tracking: TrackingConfig) -> list[str]:
+    """Set runs of the experiment left RUNNING by a killed process to KILLED; returns their ids.
+
+    A run counts as abandoned when its owner tags (:func:`owner_tags`) name this host and a pid
+    that is no longer alive; runs without them (other tools, older versions) or owned by another
+    host are left alone, since a pid can only be checked here.
+    """
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = configure(tracking)
+    client = MlflowClient(tracking_uri(tracking))
+    host = socket.gethostname()
+    killed: list[str] = []
+    try:
+        running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    except Exception as exc:  # noqa: BLE001 - housekeeping: never the reason a training fails
+        log.warning("could not look for MLflow runs left RUNNING by killed processes: %s", exc)
+        return killed
+    for run in running:
+        tags = run.data.tags
+        pid = tags.get(OWNER_PID_TAG, "")
+        if tags.get(OWNER_HOST_TAG) != host or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        killed.append(run.info.run_id)
+        log.warning("MLflow run %s was left RUNNING by killed process %s: marked KILLED", run.info.run_id, pid)
+    return killed
 
 
 def run_exists(run_id: str, uri: str | None = None) -> bool:

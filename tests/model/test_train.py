@@ -191,7 +191,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
     assert proc.returncode == -signal.SIGKILL
     assert _ckpt_epoch(last) == 0, "the run finished before it could be killed; nothing was resumed"
     assert not (params.paths.reports("train") / "metrics.json").exists()
-    run_id = json.loads(params.paths.run_file.read_text())["run_id"]  # written when the run started
+    # the killed run is recorded beside its checkpoints; paths.run_file is written only at the end
+    assert not params.paths.run_file.exists()
+    from fashionops.training.callbacks import checkpoint_run
+
+    run_id = checkpoint_run(last.parent)["run_id"]  # stored in last.ckpt itself
 
     resumed = train(params, resume=True)
 

@@ -100,3 +100,39 @@ def catalogue_subset(src: Path, dest: Path, per_class: int = 30, classes: int = 
         shutil.copyfile(src / "images" / f"{image_id}.jpg", dest / "images" / f"{image_id}.jpg")
     rows.to_csv(dest / "styles.csv", index=False)
     return dest
+
+
+def serving_copy(params, dest: Path, jit: bool = False):
+    """Params serving a private copy of a pipeline's classifier and index (``serve.source: local``).
+
+    ``jit=False`` (eager) keeps the many short-lived apps of the tests fast; ``fashionops serve``
+    serves the TorchScript traces by default.
+    """
+    p = params.model_copy(deep=True)
+    shutil.copytree(params.paths.classifier_dir, dest / "classifier", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(params.paths.index_dir, dest / "index")
+    p.paths.classifier_dir = str(dest / "classifier")
+    p.paths.index_dir = str(dest / "index")
+    p.index.embedder_dir = None
+    p.serve.source = "local"
+    p.serve.model_dir = None
+    p.serve.reload_poll_s = 0.0
+    p.serve.jit = jit
+    return p
+
+
+def private_mlflow_experiment(store: Path, name: str) -> str:
+    """Point this process' MLflow at its own SQLite store under ``store`` and create experiment
+    ``name`` there (its id); the environment's ``MLFLOW_TRACKING_URI`` is left as it was."""
+    import os
+
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    # MLflow exports the URI to the environment; leave it as it was for the other tests.
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+    return mlflow.create_experiment(name, artifact_location=(store / "artifacts").as_uri())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _workspace import private_mlflow_experiment
 
 from fashionops.models.spec import ModelSpec
 
@@ -20,14 +20,7 @@ def logged(tiny_pipeline, tmp_path_factory):
     from fashionops.registry.pyfunc import log_classifier, log_visual_search
 
     store = tmp_path_factory.mktemp("pyfunc_store")
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    # MLflow exports the URI to the environment; leave it as it was for the other tests.
-    if env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = env
-    exp = mlflow.create_experiment("pyfunc", artifact_location=(store / "artifacts").as_uri())
+    exp = private_mlflow_experiment(store, "pyfunc")
     with mlflow.start_run(experiment_id=exp):
         cls_info = log_classifier(tiny_pipeline.paths.classifier_dir)
         idx_info = log_visual_search(tiny_pipeline.paths.index_dir, tiny_pipeline.paths.classifier_dir)

@@ -16,34 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _workspace import serving_copy
 from PIL import Image
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 TestClient = fastapi_testclient.TestClient
 
 
-def _copy_models(params, dest: Path, jit: bool = False):
-    """Params serving a private copy of the tiny pipeline's classifier and index.
-
-    ``jit=False`` (eager) keeps the many short-lived apps of these tests fast; the main app
-    serves the TorchScript traces, as ``fashionops serve`` does by default.
-    """
-    p = params.model_copy(deep=True)
-    shutil.copytree(params.paths.classifier_dir, dest / "classifier", ignore=shutil.ignore_patterns("checkpoints"))
-    shutil.copytree(params.paths.index_dir, dest / "index")
-    p.paths.classifier_dir = str(dest / "classifier")
-    p.paths.index_dir = str(dest / "index")
-    p.index.embedder_dir = None
-    p.serve.source = "local"
-    p.serve.model_dir = None
-    p.serve.reload_poll_s = 0.0
-    p.serve.jit = jit
-    return p
-
-
 @pytest.fixture(scope="module")
 def serve_params(tiny_pipeline, tmp_path_factory):
-    return _copy_models(tiny_pipeline, tmp_path_factory.mktemp("serve_models"), jit=True)
+    return serving_copy(tiny_pipeline, tmp_path_factory.mktemp("serve_models"), jit=True)
 
 
 @pytest.fixture(scope="module")
@@ -255,13 +237,14 @@ def test_responses_hold_exactly_the_keys_they_always_held(client, serve_params, 
     photo = _upload(_image_file(serve_params, int(items["id"].iloc[0])))
     body = client.post("/classify", files=photo).json()
     assert set(body) == {"label", "probability", "top", "model"}
-    assert set(body["model"]) == {"version", "path", "alias", "source"}
+    assert set(body["model"]) == {"name", "version", "alias", "source"}  # no filesystem path
     found = client.post("/search", files=photo).json()
     assert set(found) == {"query", "results", "model"}
     assert found["query"] == {"type": "upload", "filename": f"{int(items['id'].iloc[0])}.jpg"}
     assert set(found["results"][0]) == {"id", "name", "masterCategory", "subCategory", "articleType",
                                         "image_url", "item_url", "distance"}
-    assert {"version", "path", "alias", "source", "dim", "metric"} <= set(found["model"])
+    assert {"name", "version", "alias", "source", "dim", "metric"} <= set(found["model"])
+    assert "path" not in found["model"]
     by_id = client.post("/search", json={"item_id": int(items["id"].iloc[0])}).json()
     assert set(by_id["query"]) == {"type", "item"}
     assert set(client.get("/health").json()) == {
@@ -387,12 +370,13 @@ def _rebuild_index(params, n_trees: int) -> None:
     index.unload()
 
 
-def test_reload_swaps_pair_atomically_and_refuses_mismatch(tiny_pipeline, tmp_path, items):
+def test_reload_swaps_pair_atomically_and_refuses_mismatch(tiny_pipeline, tmp_path, items, monkeypatch):
     from fashionops.serving.app import create_app
 
-    p = _copy_models(tiny_pipeline, tmp_path)
+    p = serving_copy(tiny_pipeline, tmp_path)
     item_id = int(items["id"].iloc[3])
-    with TestClient(create_app(p)) as c:
+    monkeypatch.setenv(p.serve.token_env, "reload-token")  # POST /reload needs a configured token
+    with TestClient(create_app(p), headers={"Authorization": "Bearer reload-token"}) as c:
         before = c.get("/health").json()
         r = c.post("/reload?force=false")
         assert r.status_code == 200 and r.json()["reloaded"] is False  # nothing changed
@@ -437,7 +421,7 @@ def test_reload_swaps_pair_atomically_and_refuses_mismatch(tiny_pipeline, tmp_pa
 def test_reload_poll_picks_up_new_index(tiny_pipeline, tmp_path):
     from fashionops.serving.app import create_app
 
-    p = _copy_models(tiny_pipeline, tmp_path)
+    p = serving_copy(tiny_pipeline, tmp_path)
     p.serve.reload_poll_s = 0.2
     with TestClient(create_app(p)) as c:
         before = c.get("/health").json()["fingerprint"]
@@ -454,7 +438,7 @@ def test_pull_directory_source(tiny_pipeline, tmp_path, items):
     """A directory laid out as `fashionops pull` writes it (manifest + both pyfunc trees)."""
     from fashionops.serving.loader import ServeError, load_bundle_from_pull
 
-    src = _copy_models(tiny_pipeline, tmp_path / "src")
+    src = serving_copy(tiny_pipeline, tmp_path / "src")
     pull = tmp_path / "pull"
     shutil.copytree(src.paths.classifier_dir, pull / "classifier" / "artifacts" / "model_classifier")
     shutil.copytree(src.paths.index_dir, pull / "visual_search" / "artifacts" / "index")
@@ -540,14 +524,14 @@ def test_live_server_stops_oversized_streams_early(serve_params, bundle, items):
         assert r.status_code == 200 and len(r.json()["results"]) == 2
 
 
-def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tmp_path, items):
+def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tmp_path, items, monkeypatch):
     """Models by alias from a real MLflow registry (own SQLite store): @champion is served, a
     later promotion is picked up by a non-forced reload (what the poll does), and /health tells."""
     from fashionops.registry.aliases import promote
     from fashionops.registry.register import run_register
     from fashionops.serving.app import create_app
 
-    p = _copy_models(tiny_pipeline, tmp_path / "models")
+    p = serving_copy(tiny_pipeline, tmp_path / "models")
     p.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     p.tracking.artifact_location = str(tmp_path / "artifacts")
     # the tiny pipeline's reports (evaluate metrics, run file) in a copy: register writes there
@@ -559,7 +543,8 @@ def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tm
         return run_register(p.register, p.paths, p.tracking, embedder_dir=p.index.embedder_dir)
 
     first = register()
-    with TestClient(create_app(p)) as c:
+    monkeypatch.setenv(p.serve.token_env, "reload-token")  # POST /reload needs a configured token
+    with TestClient(create_app(p), headers={"Authorization": "Bearer reload-token"}) as c:
         h = c.get("/health").json()
         assert h["source"] == "registry" and h["alias"] == "champion"
         assert h["classifier"]["name"] == p.register.classifier_name and h["index"]["name"] == p.register.index_name

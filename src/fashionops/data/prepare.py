@@ -28,6 +28,7 @@ from fashionops.config import ConfigError, PathsConfig, PrepareConfig
 from fashionops.data.catalogue import load_catalogue
 from fashionops.data.imaging import decode_files_into
 from fashionops.errors import DataError
+from fashionops.workers import die_with_parent, kill_workers
 
 SPLITS = ("train", "val", "test")
 # Rows per decode task: big enough to amortise process round trips, small enough to balance.
@@ -151,8 +152,11 @@ def decode_into(npy_path: Path, files: Sequence[str], height: int, width: int, w
         for start, part in chunks:
             hashes[start : start + len(part)] = decode_files_into(str(npy_path), start, part, height, width)
         return hashes
-    # spawn: safe whatever threads the caller (Prefect, a server) is running.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    # spawn: safe whatever threads the caller (Prefect, a server) is running. die_with_parent:
+    # the workers end with this process even when it is SIGKILLed.
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+    ) as pool:
         futures = [
             (start, pool.submit(decode_files_into, str(npy_path), start, part, height, width)) for start, part in chunks
         ]
@@ -160,9 +164,13 @@ def decode_into(npy_path: Path, files: Sequence[str], height: int, width: int, w
             for start, future in futures:
                 part = future.result()
                 hashes[start : start + len(part)] = part
-        except BaseException:
+        except Exception:
             # First bad image ends the run: do not decode the remaining chunks.
             pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        except BaseException:
+            # Interrupted (SIGTERM, Ctrl-C): stop the running chunks too, at once.
+            kill_workers(pool)
             raise
     return hashes
 

@@ -13,10 +13,17 @@ BATCH = 32
 
 
 def resolve_model_uri(params: Params, model_uri: str | None = None) -> str:
-    """``models:/<classifier_name>@champion`` by default; a ``fashionops pull`` directory means its
-    ``classifier/`` model; any other directory or URI is used as is."""
+    """The classifier of the ``@champion`` pair by default (``models:/<classifier_name>/<version>``);
+    a ``fashionops pull`` directory means its ``classifier/`` model; any other directory or URI is
+    used as is."""
     if not model_uri:
-        return f"models:/{params.register.classifier_name}@champion"
+        from fashionops.registry.aliases import AliasNotSet, reader_client, resolve_pair
+
+        try:  # the classifier of the @champion pair (refused if the alias is not a pair)
+            version = resolve_pair(reader_client(params.tracking), params.register, "champion")[0]
+        except AliasNotSet:
+            return f"models:/{params.register.classifier_name}@champion"  # the load error names it
+        return f"models:/{params.register.classifier_name}/{version}"
     p = Path(model_uri)
     if p.is_dir():
         if (p / "manifest.json").is_file() and (p / "classifier" / "MLmodel").is_file():

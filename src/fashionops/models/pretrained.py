@@ -2,8 +2,10 @@
 
 * ``none``: random initialisation.
 * ``timm``: timm hub weights (``pretrained=True``); needs internet, handled in ``backbones``.
-* ``file:PATH``: any local checkpoint (plain ``state_dict``, Lightning ``.ckpt``, timm checkpoint
-  with ``state_dict``/``state_dict_ema``, or a fashionops ``weights.pt``). Keys are matched after
+* ``file:PATH``: a local weights file (plain ``state_dict``, Lightning ``.ckpt``, timm checkpoint
+  with ``state_dict``/``state_dict_ema``, or a fashionops ``weights.pt``), read with
+  ``weights_only=True``: tensors and plain values only, never pickled objects (a file that holds
+  any, e.g. a whole pickled ``nn.Module``, is refused; re-save its ``state_dict``). Keys are matched after
   stripping the wrapper prefix that matches best (``module.``, ``model.``, ``backbone.model.``...);
   tensors whose shape differs are skipped. Loaded with ``strict=False``; an error if nothing matched.
 * ``efficientnet_lite0``: the EfficientNet-Lite0 ImageNet weights (Apache-2.0) shipped by the
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from fashionops.errors import FashionOpsError
+from fashionops.models.torch_files import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +112,9 @@ def load_lite0(target: nn.Module) -> LoadReport:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a plain tensor file: try the full load below
-        # Lightning checkpoints pickle hyper-parameters; the user named this file, so trust it.
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise FashionOpsError(f"train.pretrained=file:{path}: not a readable torch checkpoint ({exc})") from exc
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+    """The tensors of a weights file, read without unpickling code (a whole pickled module or a
+    checkpoint with pickled objects is refused: re-save its ``state_dict`` with ``torch.save``)."""
+    obj = load_weights_only(path, "train.pretrained")
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "state_dict_ema", "module"):
             inner = obj.get(key)

@@ -37,11 +37,14 @@ def fetch_champion(
     import mlflow
 
     from fashionops import tracking
-    from fashionops.registry.aliases import alias_state
+    from fashionops.registry.aliases import AliasNotSet, reader_client, resolve_pair
     from fashionops.registry.pyfunc import CLASSIFIER_ARTIFACT, artifact_dir
 
     tracking.configure(trk)
-    version = alias_state(cfg, trk).get(alias, {}).get("classifier")
+    try:  # an unpaired alias is refused (RegistryError); a missing one is reported below
+        version: str | None = resolve_pair(reader_client(trk), cfg, alias)[0]
+    except AliasNotSet:
+        version = None
     if version is None:
         raise PipelineError(
             f"no @{alias} version of {cfg.classifier_name} in {tracking.tracking_uri(trk)}: "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from fashionops.orchestration.overrides import workspace_params, workspace_path
 from fashionops.stages import STAGES as STAGE_TABLE
 
 STAGES: tuple[str, ...] = tuple(STAGE_TABLE)  # the DVC stages, in pipeline order
+STOP_GRACE_S = 20.0  # how long a stopped stage gets to clean up before SIGKILL
 
 LogFn = Callable[[str], None]
 
@@ -59,6 +61,7 @@ def run_command(
         text=True,
         bufsize=1,
         errors="replace",
+        start_new_session=True,  # its own process group: stopping it reaches DVC's stage process too
     )
     assert proc.stdout is not None
     try:
@@ -68,11 +71,42 @@ def run_command(
             if log:
                 log(line)
     except BaseException:
-        proc.kill()
+        stop_process_group(proc)
         raise
     finally:
         proc.stdout.close()
     return proc.wait(), lines
+
+
+def stop_process_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM ``proc``'s whole process group (DVC and the stage it runs: staging folders removed,
+    worker pools stopped, the MLflow run marked KILLED), then SIGKILL whatever is left after
+    ``grace_s``: no orphan keeps writing into the workspace."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            return
+        time.sleep(0.1)
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def dvc_command(*args: str) -> list[str]:

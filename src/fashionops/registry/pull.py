@@ -10,14 +10,15 @@ from typing import Any
 from fashionops.atomic import staged_dir
 from fashionops.config import RegisterConfig, TrackingConfig
 from fashionops.registry.aliases import (
-    CLASSIFIER_TAG,
     METRIC_TAG,
+    AliasNotSet,
     RegistryError,
-    alias_version,
     model_version,
     now,
     registry_client,
+    resolve_pair,
 )
+from fashionops.registry.transaction import repair_stale_lock
 from fashionops.tracking import tracking_uri
 
 MANIFEST = "manifest.json"
@@ -35,18 +36,23 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
     """Download both models of ``alias`` into ``dest/classifier`` and ``dest/visual_search``
     with ``dest/manifest.json`` (versions, run ids, metrics, sha256 of every file).
 
-    Both aliases are resolved to versions first and checked to be a pair, so a promotion
-    during the download cannot mix two pairs. ``dest`` must be absent, empty, or an earlier pull
+    Both aliases are resolved to versions first and checked to be a pair
+    (:func:`~fashionops.registry.aliases.resolve_pair`: an unpaired alias is refused), so a
+    promotion during the download cannot mix two pairs. ``dest`` must be absent, empty, or an earlier pull
     (replaced). Returns the manifest.
     """
     import mlflow
 
-    client = registry_client(tracking)
+    client = registry_client(tracking)  # also points mlflow.artifacts at the store
+    repair_stale_lock(client, cfg)  # a register killed mid-move: its aliases back first
+    try:
+        versions = resolve_pair(client, cfg, alias)
+    except AliasNotSet:
+        raise AliasNotSet(
+            f"no @{alias} on {cfg.classifier_name} and {cfg.index_name} in {tracking_uri(tracking)}"
+        ) from None
     entries: dict[str, Any] = {}
-    for role, name in (("classifier", cfg.classifier_name), ("index", cfg.index_name)):
-        version = alias_version(client, name, alias)
-        if version is None:
-            raise RegistryError(f"no @{alias} on {name} in {tracking_uri(tracking)}")
+    for role, name, version in zip(("classifier", "index"), (cfg.classifier_name, cfg.index_name), versions):
         mv = model_version(client, name, version)
         entries[role] = {
             "name": name,
@@ -56,12 +62,6 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
             "metrics": {k[len(METRIC_TAG) :]: float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG)},
             "tags": {k: v for k, v in mv.tags.items() if not k.startswith(METRIC_TAG)},
         }
-    built_with = entries["index"]["tags"].get(CLASSIFIER_TAG)
-    if built_with != entries["classifier"]["version"]:
-        raise RegistryError(
-            f"@{alias} is not a pair: {cfg.index_name} v{entries['index']['version']} was built "
-            f"with classifier v{built_with}, not v{entries['classifier']['version']}"
-        )
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
         raise RegistryError(f"{dest} exists and is not empty (and not an earlier pull)")

@@ -19,7 +19,10 @@ raises :class:`ModelInputError`: an ``MlflowException`` (HTTP 400 in MLflow serv
 ``ValueError`` whose message names the row and what is wrong.
 
 The models carry the ``fashionops`` package as ``code_paths``, so a deploy job needs only the
-Python environment and the tracking URI.
+Python environment and the tracking URI. They are logged as MLflow "models from code": the model
+folder holds a short Python file (:data:`MODEL_CODE`) that builds the model class with
+``mlflow.models.set_model``, never a pickled Python object, so loading a registered model runs
+only the package's own code (no ``python_model.pkl`` to unpickle).
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 IMAGE_COLUMN = "image"
+# The models-from-code file of a model: MLflow runs it on load (after adding ``code_paths`` to
+# sys.path); it names the class, so nothing is unpickled. Written next to the artifacts at log time.
+MODEL_CODE = """# MLflow models-from-code entry of a fashionops pyfunc model
+import mlflow
+from fashionops.registry.pyfunc import {cls}
+
+mlflow.models.set_model({cls}())
+"""
 CLASSIFIER_ARTIFACT = "model_dir"
 INDEX_ARTIFACT = "index_dir"
 EMBEDDER_ARTIFACT = "embedder_dir"
@@ -271,6 +282,13 @@ def _package_copy(tmp: Path) -> str:
     return str(dest)
 
 
+def _model_code_file(tmp: Path, model_class: type[PythonModel]) -> str:
+    """The models-from-code file that builds ``model_class`` (logged instead of a pickle)."""
+    path = tmp / "model_code.py"
+    path.write_text(MODEL_CODE.format(cls=model_class.__name__))
+    return str(path)
+
+
 def _model_copy(model_dir: Path, tmp: Path, key: str) -> str:
     """Only what inference needs (weights, spec): training checkpoints stay out.
     Named after its artifact key, which is also its folder under ``artifacts/`` in the model."""
@@ -322,7 +340,7 @@ def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[s
     with tempfile.TemporaryDirectory() as tmp:
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=ClassifierModel(),
+            python_model=_model_code_file(Path(tmp), ClassifierModel),
             artifacts={CLASSIFIER_ARTIFACT: _model_copy(model_dir, Path(tmp), CLASSIFIER_ARTIFACT)},
             code_paths=[_package_copy(Path(tmp))],
             signature=classifier_signature(),
@@ -355,7 +373,7 @@ def log_visual_search(
         shutil.copytree(index_dir, idx, ignore=shutil.ignore_patterns("embeddings.npy", "*.tmp"))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=VisualSearchModel(),
+            python_model=_model_code_file(Path(tmp), VisualSearchModel),
             artifacts={
                 INDEX_ARTIFACT: str(idx),
                 EMBEDDER_ARTIFACT: _model_copy(embedder_dir, Path(tmp), EMBEDDER_ARTIFACT),

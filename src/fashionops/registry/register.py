@@ -23,6 +23,7 @@ from fashionops.atomic import write_json
 from fashionops.config import IndexConfig, PathsConfig, RegisterConfig, TrackingConfig, flatten
 from fashionops.errors import FashionOpsError
 from fashionops.registry.aliases import (
+    ALIASES,
     CHALLENGER,
     CHAMPION,
     CLASSIFIER_TAG,
@@ -35,11 +36,11 @@ from fashionops.registry.aliases import (
     alias_version,
     call_hook,
     model_version,
-    move_aliases,
     now,
     registry_client,
     swap_moves,
 )
+from fashionops.registry.transaction import RegistryTransaction
 from fashionops.tracking import (
     configure,
     log_artifacts_if_present,
@@ -189,8 +190,11 @@ def run_register(
     ``@champion`` on ``register.selection_metric`` (re-scoring the champion when its metric came
     from another test split), then move aliases: better by ``register.min_delta`` (and
     ``register.promote``) -> ``champion`` on both, the old pair -> ``previous``; otherwise the pair
-    -> ``challenger``. ``on_step(name)`` is called after each step (progress, fault injection);
-    if anything raises after registration the aliases are left exactly as they were.
+    -> ``challenger``. The comparison and the moves run inside the registry lock
+    (:mod:`fashionops.registry.transaction`), so a concurrent register decides against this one's
+    result and a killed process leaves the aliases as they were. ``on_step(name)`` is called after
+    each step (progress, fault injection; step names in that module's docstring); if anything
+    raises after registration the aliases are left exactly as they were.
     ``embedder_dir`` is ``index.embedder_dir`` (the model logged with the index; None: the
     classifier). ``run_config``: the flattened configuration logged as the run's params (the CLI
     passes all of ``params.yaml``; default: what this function was given).
@@ -235,6 +239,7 @@ def run_register(
     cls_mv = mlflow.register_model(
         cls_info.model_uri, cfg.classifier_name, tags={**common, **{METRIC_TAG + k: str(v) for k, v in metrics.items()}}
     )
+    call_hook(on_step, "registered-classifier")  # a classifier version without its index (test hook)
     idx_mv = mlflow.register_model(
         idx_info.model_uri, cfg.index_name, tags={**common, CLASSIFIER_TAG: str(cls_mv.version)}
     )
@@ -242,37 +247,37 @@ def run_register(
     try:
         client.set_model_version_tag(cfg.classifier_name, cv, PAIR_TAG, iv)
         call_hook(on_step, "registered")
+        # Compare and move inside the registry lock: a concurrent register decides after this one.
+        with RegistryTransaction(client, cfg, "register", on_step) as txn:
+            candidate = metrics[metric]
+            champ_c = alias_version(client, cfg.classifier_name, CHAMPION)
+            champion_value: float | None = None
+            rescored = False
+            if champ_c is not None:
+                champ_mv = model_version(client, cfg.classifier_name, champ_c)
+                champion_value = _version_metric(champ_mv, metric)
+                if champion_value is None or champ_mv.tags.get(FINGERPRINT_TAG) != fingerprint:
+                    champion_value = score_model(paths, f"models:/{cfg.classifier_name}/{champ_c}", metric)
+                    rescored = True
+                txn.step("compared")
 
-        candidate = metrics[metric]
-        champ_c = alias_version(client, cfg.classifier_name, CHAMPION)
-        champion_value: float | None = None
-        rescored = False
-        if champ_c is not None:
-            champ_mv = model_version(client, cfg.classifier_name, champ_c)
-            champion_value = _version_metric(champ_mv, metric)
-            if champion_value is None or champ_mv.tags.get(FINGERPRINT_TAG) != fingerprint:
-                champion_value = score_model(paths, f"models:/{cfg.classifier_name}/{champ_c}", metric)
-                rescored = True
-            call_hook(on_step, "compared")
-
-        if champ_c is None:
-            better, why = True, "no champion yet"
-        else:
-            better = _is_better(candidate, champion_value, metric, cfg.min_delta)  # type: ignore[arg-type]
-            why = (
-                f"{metric} {candidate:.4f} vs champion v{champ_c} {champion_value:.4f} "
-                f"({'re-scored on this split' if rescored else 'same split'}; min_delta {cfg.min_delta})"
-            )
-        if better and cfg.promote:
-            decision = "promoted"
-            moves = swap_moves(cfg, client, cv, iv)
-        else:
-            decision = "challenger"
-            if better:
-                why += "; register.promote is false"
-            moves = [(cfg.classifier_name, CHALLENGER, cv), (cfg.index_name, CHALLENGER, iv)]
-        move_aliases(client, moves, on_step)
-        call_hook(on_step, "aliases")
+            if champ_c is None:
+                better, why = True, "no champion yet"
+            else:
+                better = _is_better(candidate, champion_value, metric, cfg.min_delta)  # type: ignore[arg-type]
+                why = (
+                    f"{metric} {candidate:.4f} vs champion v{champ_c} {champion_value:.4f} "
+                    f"({'re-scored on this split' if rescored else 'same split'}; min_delta {cfg.min_delta})"
+                )
+            if better and cfg.promote:
+                decision = "promoted"
+                moves = swap_moves(cfg, client, cv, iv)
+            else:
+                decision = "challenger"
+                if better:
+                    why += "; register.promote is false"
+                moves = [(cfg.classifier_name, CHALLENGER, cv), (cfg.index_name, CHALLENGER, iv)]
+            txn.apply(moves, [(cfg.classifier_name, cv, "decision", decision)])
     except BaseException as exc:
         # The new versions stay registered (for inspection) but carry no alias.
         for name, version in ((cfg.classifier_name, cv), (cfg.index_name, iv)):
@@ -287,7 +292,6 @@ def run_register(
             ) from exc
         raise
 
-    client.set_model_version_tag(cfg.classifier_name, cv, "decision", decision)
     result = {
         "decision": decision,
         "reason": why,
@@ -318,8 +322,9 @@ def register_index_for(
     classifier_version: int | str,
 ) -> dict[str, Any]:
     """Register a rebuilt index as a new visual-search version paired with an existing classifier
-    version. Its ``champion`` (or ``challenger``) alias moves only when that classifier holds the
-    same alias, so the pair stays consistent; the classifier's ``paired_index_version`` follows.
+    version. Each index alias (``champion``, ``previous``, ``challenger``) moves only when that
+    classifier holds the same alias, and the classifier's ``paired_index_version`` follows, in one
+    registry transaction, so every alias stays a pair.
 
     The embedder logged with the index is the classifier version's own model (downloaded from the
     registry) when ``index.embedder`` is ``classifier``, so queries are embedded in the space the
@@ -351,12 +356,10 @@ def register_index_for(
         tags={CLASSIFIER_TAG: cv, "pipeline_run_id": run_id, "registered_at": now(), "stage": "index-refresh"},
     )
     iv = str(idx_mv.version)
-    moved = []
-    for alias in (CHAMPION, CHALLENGER):
-        if alias_version(client, cfg.classifier_name, alias) == cv:
-            move_aliases(client, [(cfg.index_name, alias, iv)])
-            moved.append(alias)
-    client.set_model_version_tag(cfg.classifier_name, cv, PAIR_TAG, iv)
+    with RegistryTransaction(client, cfg, "register-index") as txn:
+        # Every alias of this classifier follows, with its pair tag, in one transaction.
+        moved = [alias for alias in ALIASES if alias_version(client, cfg.classifier_name, alias) == cv]
+        txn.apply([(cfg.index_name, alias, iv) for alias in moved], [(cfg.classifier_name, cv, PAIR_TAG, iv)])
     return {
         "index": {"name": cfg.index_name, "version": iv, "run_id": run_id},
         "classifier": {"name": cfg.classifier_name, "version": cv},

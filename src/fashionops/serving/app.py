@@ -5,14 +5,16 @@
 - ``POST /classify``: multipart upload (field ``file``) -> label, top-k probabilities, model version;
 - ``POST /search``: upload (field ``file``) or ``item_id`` (form or JSON) -> top-k similar items;
 - ``GET /items/{id}``, ``GET /items/{id}/image``: catalogue metadata and image;
-- ``GET /health``: model versions, aliases and where they came from; ``POST /reload``;
+- ``GET /health``: model versions, aliases and where they came from (never a filesystem path);
+- ``POST /reload`` (only with an API token configured; the poll reloads in-process);
 - ``/``: a small web page (``serving/static``); ``/docs``: the generated OpenAPI docs.
 
 The package, one job per module: ``schemas`` (request/response models), ``bundle`` (the served
 pair and its holder), ``loader`` (loading a pair from the registry, a pull dir or local dirs),
 ``deps`` (FastAPI dependencies), ``routing`` (how upload bodies are read), ``errors`` (error
-bodies), ``middleware`` (token + upload limit), ``routers/`` (the endpoints); this module
-assembles them.
+bodies), ``middleware`` (token, upload size and time limits, security headers), ``torchscript``
+(traces a reload can free), ``downloads`` (registry download folders), ``routers/`` (the
+endpoints); this module assembles them and configures uvicorn.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -31,9 +34,10 @@ from fastapi.staticfiles import StaticFiles
 from fashionops.config import Params
 from fashionops.serving.bundle import BundleHolder, ModelBundle
 from fashionops.serving.deps import ServingState
+from fashionops.serving.downloads import remove_owned, sweep_stale
 from fashionops.serving.errors import request_validation_error
 from fashionops.serving.loader import ServeError, current_fingerprint, load_bundle, resolve_source
-from fashionops.serving.middleware import Guard
+from fashionops.serving.middleware import Guard, SecurityHeaders
 from fashionops.serving.routers import ROUTERS
 from fashionops.serving.routers.pages import STATIC_DIR
 from fashionops.serving.routing import document_json_variants
@@ -51,6 +55,7 @@ def create_app(
     bundle); ``fingerprint`` tells the reload poll what the source holds now.
 
     A bearer token is required on the API when the env var named by ``serve.token_env`` is set.
+    On shutdown the served bundle's download folder is deleted.
     """
     cfg = params.serve
     if bundle is None or loader is None:
@@ -68,8 +73,11 @@ def create_app(
             threading.Thread(
                 target=holder.poll_forever, args=(cfg.reload_poll_s, stop), name="fashionops-reload-poll", daemon=True
             ).start()
-        yield
-        stop.set()
+        try:
+            yield
+        finally:
+            stop.set()
+            holder.close()  # SIGTERM/SIGINT end here too: uvicorn runs the shutdown first
 
     app = FastAPI(
         title="fashionops visual search",
@@ -83,8 +91,30 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(RequestValidationError, request_validation_error)
     document_json_variants(app, ROUTERS)
-    app.add_middleware(Guard, max_bytes=int(cfg.max_upload_mb * 1024 * 1024), token=token)
+    app.add_middleware(
+        Guard, max_bytes=int(cfg.max_upload_mb * 1024 * 1024), token=token, body_timeout_s=cfg.body_timeout_s
+    )
+    # Outside Starlette's whole stack (its 500 handler included): headers on every response.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityHeaders(build_stack())  # type: ignore[method-assign]
     return app
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "info") -> Any:
+    """uvicorn settings for ``app``: idle keep-alive connections close after 5 s; a shutdown
+    waits for running requests at most ``serve.body_timeout_s`` (then closes them)."""
+    import uvicorn
+
+    settings = app.state.serving.settings
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=max(1, int(settings.body_timeout_s)),
+    )
 
 
 def set_torch_threads(n: int) -> None:
@@ -110,7 +140,7 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeou
     """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="fashionops-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
@@ -128,13 +158,21 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeou
 
 
 def run_serve(params: Params, host: str | None = None, port: int | None = None) -> None:
-    """Load the models and serve the app with uvicorn until interrupted (``fashionops serve``)."""
+    """Load the models and serve the app with uvicorn until interrupted (``fashionops serve``).
+
+    Download folders of servers killed before they could clean up are deleted first; this
+    server's own are deleted when it stops (the lifespan on SIGTERM/SIGINT, here otherwise).
+    """
     import uvicorn
 
-    if params.serve.torch_threads:
-        set_torch_threads(params.serve.torch_threads)
-    app = create_app(params)
-    served = app.state.serving.holder.current
-    host, port = host or params.serve.host, port or params.serve.port
-    log.info("serving %s (%s) on http://%s:%s", served.fingerprint, served.source, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    sweep_stale()
+    try:
+        if params.serve.torch_threads:
+            set_torch_threads(params.serve.torch_threads)
+        app = create_app(params)
+        served = app.state.serving.holder.current
+        host, port = host or params.serve.host, port or params.serve.port
+        log.info("serving %s (%s) on http://%s:%s", served.fingerprint, served.source, host, port)
+        uvicorn.Server(uvicorn_config(app, host, port)).run()
+    finally:
+        remove_owned()

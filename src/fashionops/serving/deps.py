@@ -8,6 +8,7 @@ body or the query string; the body wins, then ``serve.top_k`` is the default ``k
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -106,7 +107,17 @@ async def decode_image(data: bytes, name: str, settings: ServeConfig) -> np.ndar
     except DataError as exc:
         text = str(exc)
         # load_rgb says "image too large" for a pixel bomb: that is a size limit, not bad syntax.
-        raise HTTPException(413 if "too large" in text else 400, text) from None
+        if "too large" in text:
+            raise HTTPException(413, too_many_pixels(text, name, settings.max_pixels)) from None
+        raise HTTPException(400, text) from None
+
+
+def too_many_pixels(reason: str, name: str, max_pixels: int) -> str:
+    """The 413 message of a pixel bomb, naming the server's own limit (PIL's refusal of a huge
+    header quotes PIL's limit, which is not the one this server applies)."""
+    pixels = re.search(r"(\d+) pixels", reason)
+    size = f"{int(pixels.group(1))} pixels" if pixels else "more pixels than allowed"
+    return f"{name}: image too large: {size} (limit serve.max_pixels = {max_pixels} pixels)"
 
 
 async def classify_input(form: Annotated[ClassifyForm, File()], settings: Settings, k: QueryK = None) -> ImageQuery:

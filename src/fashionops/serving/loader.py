@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ from fashionops.models.spec import SPEC_FILE
 from fashionops.search.searcher import IndexSearcher
 from fashionops.search.store import META_FILE, index_files
 from fashionops.serving.bundle import ModelBundle
+from fashionops.serving.downloads import new_download_dir, remove_download_dir
+from fashionops.serving.torchscript import compiled_for_serving
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,9 @@ def load_bundle_from_dirs(
         images_dir=Path(images_dir),
         source=source,
         alias=alias,
-        classifier=classifier or {"version": "local", "path": str(model_dir.resolve())},
+        classifier=classifier or {"name": model_dir.resolve().name, "version": "local"},
         index={
-            **(index or {"version": "local", "path": str(index_dir.resolve())}),
+            **(index or {"name": index_dir.resolve().name, "version": "local"}),
             **{k: searcher.meta[k] for k in INDEX_META_SHOWN if k in searcher.meta},
         },
         fingerprint=fingerprint or local_fingerprint(model_dir, index_dir),
@@ -178,9 +178,9 @@ def _compiled(predictor: Predictor, embedder: Predictor, searcher: IndexSearcher
     """TorchScript traces of what requests call: ``forward`` and the index's query encoding."""
     embed = embedder.encoding_method(bool(searcher.rerank))
     if embedder is predictor:
-        both = predictor.compiled(["forward", embed])
+        both = compiled_for_serving(predictor, ["forward", embed])
         return both, both
-    return predictor.compiled(["forward"]), embedder.compiled([embed])
+    return compiled_for_serving(predictor, ["forward"]), compiled_for_serving(embedder, [embed])
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -269,13 +269,13 @@ def load_bundle_from_pull(
     jit: bool = False,
     alias: str | None = None,
     fingerprint: str | None = None,
-    owned: bool = False,
+    cleanup_dir: Path | None = None,
 ) -> ModelBundle:
     """Load a directory written by ``fashionops pull`` (both models + ``manifest.json``).
 
     Refuses a directory whose files no longer match the manifest, or whose index was not built
-    with its classifier version (a hand-assembled mismatched pair). ``owned``: the bundle deletes
-    the directory when a reload replaces it (a registry download).
+    with its classifier version (a hand-assembled mismatched pair). ``cleanup_dir``: a download
+    folder the bundle owns (deleted when a reload replaces the bundle or the server stops).
     """
     pull_dir = Path(pull_dir)
     if not pull_dir.is_dir():
@@ -308,28 +308,24 @@ def load_bundle_from_pull(
         classifier=_manifest_entry(manifest, "classifier", names.classifier_name),
         index=_manifest_entry(manifest, "index", names.index_name),
         fingerprint=fingerprint or own_fingerprint,
-        cleanup_dir=pull_dir if owned else None,
+        cleanup_dir=cleanup_dir,
     )
 
 
 # --------------------------------------------------------------------------- the MLflow registry
 def registry_fingerprint(register: RegisterConfig, tracking: TrackingConfig, alias: str) -> str | None:
-    """``name:version|name:version`` of the alias in the registry, or None if it is not set."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    """``name:version|name:version`` of the alias's pair in the registry, or None if it is not set;
+    an unpaired alias raises ``RegistryError`` (``registry.aliases.resolve_pair``)."""
+    from fashionops.registry.aliases import AliasNotSet, reader_client, resolve_pair
+    from fashionops.registry.transaction import repair_stale_lock
 
-    from fashionops.tracking import tracking_uri
-
-    uri = tracking_uri(tracking)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    parts = []
-    for name in (register.classifier_name, register.index_name):
-        try:
-            mv = client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
-        parts.append(f"{name}:{mv.version}")
-    return "registry:" + "|".join(parts)
+    client = reader_client(tracking)
+    repair_stale_lock(client, register)  # a register killed mid-move: its aliases back first
+    try:
+        cv, iv = resolve_pair(client, register, alias)
+    except AliasNotSet:
+        return None
+    return f"registry:{register.classifier_name}:{cv}|{register.index_name}:{iv}"
 
 
 def load_bundle_from_registry(
@@ -344,13 +340,14 @@ def load_bundle_from_registry(
             f"registry: no @{alias} for {register.classifier_name} and {register.index_name} "
             "(run `fashionops register`, or set serve.model_dir / serve.source=local)"
         )
-    dest = Path(tempfile.mkdtemp(prefix="fashionops-serve-"))
+    root = new_download_dir()  # records this process as its owner (swept once it is gone)
+    dest = root / "pull"
     try:
         pull(register, tracking, alias=alias, dest=str(dest))
         # The poll compares registry fingerprints; a promotion during the pull shows up next poll.
         return load_bundle_from_pull(
-            dest, images_dir, register, source="registry", jit=jit, alias=alias, fingerprint=before, owned=True
+            dest, images_dir, register, source="registry", jit=jit, alias=alias, fingerprint=before, cleanup_dir=root
         )
     except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        remove_download_dir(root)
         raise

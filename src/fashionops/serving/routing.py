@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.routing import Match
 
-from fashionops.serving.middleware import Scope, UploadTooLarge
+from fashionops.serving.middleware import BodyRefused, Scope
 
 JSON = "application/json"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -49,12 +49,14 @@ async def read_body(request: Request) -> None:
             body = await request.json()
         except ValueError:
             raise HTTPException(400, "body is not valid JSON") from None
+        except RecursionError:  # the parser recursed past Python's limit: nothing we accept nests so
+            raise HTTPException(400, "JSON body is nested too deeply") from None
         if not isinstance(body, dict):
             raise HTTPException(400, "JSON body must be an object")
     elif kind in FORM_TYPES:
         try:
             await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
-        except UploadTooLarge:  # the body passed the limit while it was read: 413
+        except BodyRefused:  # the body passed a limit while it was read: 413 / 408
             raise
         except Exception as exc:  # noqa: BLE001 - any multipart parse error is the client's
             raise HTTPException(400, f"cannot parse the form: {exc}") from None

@@ -32,9 +32,12 @@ def parse_k(value: Any) -> int | None:
     """``k`` from a form field, JSON or the query string: an integer in [1, MAX_K] (None: not given)."""
     if value is None:
         return None
+    # int() would take True as 1 and truncate 1.7 to 1: only whole numbers are integers here
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise FieldError(f"k must be an integer (got {value!r})")
     try:
         k = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FieldError(f"k must be an integer (got {value!r})") from None
     if not 1 <= k <= MAX_K:
         raise FieldError(f"k must be between 1 and {MAX_K} (got {k})")
@@ -114,7 +117,8 @@ class ErrorBody(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """The registered model that answered: registry name/version/run, or a local path."""
+    """The registered model that answered: registry name/version/run (local models: the directory's
+    name and version ``local``). Never a filesystem path: clients need not know the server's layout."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -123,7 +127,6 @@ class ModelInfo(BaseModel):
     run_id: str | None = None
     uri: str | None = None
     metrics: dict[str, Any] | None = None
-    path: str | None = None  # local models: the directory they were loaded from
 
 
 class IndexInfo(ModelInfo):

@@ -1,16 +1,25 @@
 """Lightning callbacks of the ``train`` stage: per-epoch reseeding (what makes a resumed run retrace
-an uninterrupted one), throughput measurement, and a progress bar that shows it."""
+an uninterrupted one), throughput measurement, a progress bar that shows it, and the checkpoint
+callback that records which MLflow run its checkpoints belong to."""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
+from fashionops.atomic import write_json
 from fashionops.training.runtime import seed_epoch
+
+log = logging.getLogger(__name__)
+# Beside best/last.ckpt: the MLflow run they belong to (what `train --resume` continues).
+CHECKPOINT_RUN_FILE = "mlflow_run.json"
+_RUN_KEY = "fashionops_mlflow_run"  # RunCheckpoint's entry in the checkpoint's callback state
 
 
 class EpochSeed(Callback):
@@ -110,3 +119,65 @@ class ThroughputBar(TQDMProgressBar):
                 items[key] = f"{float(trainer.callback_metrics[key]):.4f}"
                 break
         return items
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps an earlier run's checkpoints until this run has its own.
+
+    The directory is not emptied when a new run starts (a kill before the first checkpoint would
+    leave none); once this run has saved one, files of earlier runs still there are removed.
+    ``run_info`` (run id, experiment id, tracking URI: the run ``--resume`` continues, whatever
+    ``paths.run_file`` says) is stored in every checkpoint and, for people and tools, in
+    ``mlflow_run.json`` (:data:`CHECKPOINT_RUN_FILE`) beside them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_info: dict[str, str] | None = None  # set once the MLflow run exists (rank 0)
+        self._recorded = False
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.run_info is not None:  # inside each checkpoint: no kill can separate the two
+            state[_RUN_KEY] = dict(self.run_info)
+        return state
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._record(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._record(trainer)
+
+    def _record(self, trainer: L.Trainer) -> None:
+        if self._recorded or not trainer.is_global_zero or self.dirpath is None or not self.last_model_path:
+            return
+        ckpt_dir = Path(self.dirpath)
+        ours = {Path(p).name for p in (self.last_model_path, self.best_model_path) if p}
+        if not all((ckpt_dir / name).is_file() for name in ours):
+            return
+        for stale in ckpt_dir.glob("*.ckpt"):
+            if stale.name not in ours:
+                stale.unlink(missing_ok=True)
+                log.info("removed %s of an earlier run", stale)
+        if self.run_info is not None:
+            write_json(ckpt_dir / CHECKPOINT_RUN_FILE, self.run_info)
+        self._recorded = True
+
+
+def checkpoint_run(ckpt_dir: str | Path) -> dict[str, Any] | None:
+    """The MLflow run the checkpoints in ``ckpt_dir`` belong to: the one stored in ``last.ckpt``
+    (:class:`RunCheckpoint`), else the one in ``mlflow_run.json`` beside it, else None."""
+    import json
+
+    from fashionops.models.torch_files import load_weights_only
+
+    last = Path(ckpt_dir) / "last.ckpt"
+    if last.is_file():
+        ckpt = load_weights_only(last, "--resume")
+        for state in ((ckpt.get("callbacks") if isinstance(ckpt, dict) else None) or {}).values():
+            if isinstance(state, dict) and isinstance(state.get(_RUN_KEY), dict):
+                return dict(state[_RUN_KEY])
+    path = Path(ckpt_dir) / CHECKPOINT_RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -3,6 +3,8 @@ reviewer needs (every param, device, library versions) as soon as it exists."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,26 +12,43 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fashionops.config import PathsConfig, TrackingConfig
 from fashionops.environ import scoped_environ
-from fashionops.tracking import configure, read_run_file, run_exists, run_tags, tracking_uri, write_run_file
+from fashionops.tracking import configure, owner_tags, read_run_file, run_exists, run_tags, tracking_uri
+from fashionops.training.callbacks import checkpoint_run
 from fashionops.training.runtime import library_versions
 
 
-def resumable_run_id(tracking: TrackingConfig, paths: PathsConfig) -> str | None:
-    """The MLflow run recorded in ``paths.run_file`` if it is in the configured store."""
-    info = read_run_file(paths.run_file)
+def resumable_run_id(tracking: TrackingConfig, paths: PathsConfig, ckpt_dir: str | Path) -> str | None:
+    """The MLflow run the checkpoints in ``ckpt_dir`` belong to (recorded beside them; for
+    checkpoints of older versions, the one in ``paths.run_file``) if it is in the configured store."""
+    info = checkpoint_run(ckpt_dir) or read_run_file(paths.run_file)
     uri = tracking_uri(tracking)
     if info and info.get("tracking_uri") == uri and run_exists(info["run_id"], uri):
         return str(info["run_id"])
     return None
 
 
+class StageMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger, ending a run stopped by SIGTERM or Ctrl-C as KILLED, not FAILED.
+
+    Lightning finalizes the loggers with ``"failed"`` while it handles any exception escaping
+    ``fit``; a ``BaseException`` that is not an ``Exception`` (``errors.Terminated``,
+    ``KeyboardInterrupt``, ``SystemExit``) means the run was stopped, not broken.
+    """
+
+    def finalize(self, status: str = "success") -> None:
+        stopped = sys.exc_info()[1]
+        if status == "failed" and stopped is not None and not isinstance(stopped, Exception):
+            status = "KILLED"
+        super().finalize(status)
+
+
 def make_logger(tracking: TrackingConfig, paths: PathsConfig, run_id: str | None) -> MLFlowLogger:
     """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0)."""
-    return MLFlowLogger(
+    return StageMLFlowLogger(
         experiment_name=tracking.experiment,
         tracking_uri=tracking_uri(tracking),
         run_id=run_id,
-        tags=run_tags(paths) if run_id is None else None,
+        tags={**run_tags(paths), **owner_tags()} if run_id is None else None,  # owner: from the start
         log_model=False,
     )
 
@@ -45,18 +64,18 @@ def start_tracking(
     """Open the logger's run and record what a reviewer needs; returns the run id.
 
     Logs every param of ``run_config`` (``section.key`` -> value), the device and library
-    versions, and writes ``paths.run_file`` at once so a killed run can be resumed into the same
-    MLflow run.
+    versions and the owner process (:func:`~fashionops.tracking.owner_tags`: a later train marks
+    the run KILLED if that process died with the run open). ``paths.run_file`` is left alone: the
+    stage writes it when the model is saved; a killed run is resumed from the run recorded beside
+    its checkpoints.
     """
     from mlflow.entities import Param, RunTag
 
-    experiment_id = configure(tracking)  # before the run exists: the experiment's artifact location
-    uri = tracking_uri(tracking)
+    configure(tracking)  # before the run exists: the experiment's artifact location
     # the logger's first use calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI
     with scoped_environ(keep=("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")):
         client, run_id = logger.experiment, logger.run_id
     assert run_id is not None  # reading logger.experiment created the run
-    write_run_file(paths.run_file, run_id, logger.experiment_id or experiment_id, uri)
 
     logged = client.get_run(run_id).data.params
     flat = {k: "" if v is None else str(v)[:6000] for k, v in run_config.items()}
@@ -70,6 +89,7 @@ def start_tracking(
         "precision": runtime["precision"],
         "torch_threads": str(torch.get_num_threads()),
         **{f"version.{k}": v for k, v in library_versions().items()},
+        **owner_tags(),
     }
     if resume:
         tags["resumed"] = "true"
@@ -79,3 +99,9 @@ def start_tracking(
         client.update_run(run_id, status="RUNNING")
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     return run_id
+
+
+def run_record(tracking: TrackingConfig, logger: MLFlowLogger) -> dict[str, str]:
+    """What ``paths.run_file`` and the checkpoints' run file hold: run id, experiment id, tracking URI."""
+    assert logger.run_id is not None and logger.experiment_id is not None  # after start_tracking
+    return {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": tracking_uri(tracking)}

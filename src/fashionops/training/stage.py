@@ -7,11 +7,14 @@ writes (see ``docs/architecture.md``):
   ``checkpoints/{best,last}.ckpt``;
 * ``<paths.reports_dir>/train/metrics.json`` (best validation metrics, epochs, seconds, images/s,
   device), ``history.csv`` (one row per epoch) and ``mlflow_run.json`` (``paths.run_file``: the
-  MLflow run the later stages reopen, written as soon as the run exists).
+  MLflow run the later stages reopen, written when training has finished: until then it names
+  the previous run, which matches the previous model).
 
 Placement is automatic: on a CUDA GPU bf16-mixed precision and channels_last memory format, on
 CPU fp32 with torch using every core it may. ``resume=True`` continues from
-``checkpoints/last.ckpt`` (Lightning's ``ckpt_path``) into the same MLflow run; every epoch's
+``checkpoints/last.ckpt`` (Lightning's ``ckpt_path``) into the MLflow run recorded in it (and
+beside it, ``checkpoints/mlflow_run.json``); a run stopped by SIGTERM ends KILLED, and runs left
+RUNNING by a killed process are marked KILLED when the next training starts. Every epoch's
 randomness (sample order, augmentation, dropout) is a function of ``train.seed`` and the epoch
 number only, so a resumed run retraces an uninterrupted one.
 """
@@ -22,7 +25,6 @@ import csv
 import json
 import logging
 import math
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -34,10 +36,12 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 
 from fashionops.config import PathsConfig, TrackingConfig, TrainConfig, flatten
 from fashionops.errors import FashionOpsError
-from fashionops.training.callbacks import EpochSeed, Throughput, ThroughputBar
+from fashionops.models.torch_files import load_weights_only
+from fashionops.tracking import mark_abandoned_runs, write_run_file
+from fashionops.training.callbacks import EpochSeed, RunCheckpoint, Throughput, ThroughputBar
 from fashionops.training.datamodule import FashionDataModule, PreparedData, load_prepared
 from fashionops.training.lit_module import FashionLitModule
-from fashionops.training.mlflow_run import make_logger, resumable_run_id, start_tracking
+from fashionops.training.mlflow_run import make_logger, resumable_run_id, run_record, start_tracking
 from fashionops.training.runtime import resolve_runtime, set_cpu_threads
 
 log = logging.getLogger(__name__)
@@ -113,7 +117,7 @@ def build_trainer(
 ) -> L.Trainer:
     """The Trainer of the stage: checkpoints on the monitor, early stopping, seeded epochs."""
     name, mode = monitor
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
         monitor=name,
@@ -171,11 +175,11 @@ RESUME_MAY_CHANGE = {
 
 def check_resumable(last: Path, cfg: TrainConfig) -> None:
     """Refuse a resume whose train params would change the run (schedule length, model, data...)."""
-    try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise FashionOpsError(f"--resume: cannot read {last} ({exc}); train again without --resume") from exc
-    saved = (ckpt.get("fashionops") or {}).get("train")
+    try:  # weights_only: a crafted last.ckpt is refused before any of its code could run
+        ckpt = load_weights_only(last, "--resume")
+    except FashionOpsError as exc:
+        raise FashionOpsError(f"{exc}; train again without --resume") from exc.__cause__
+    saved = (ckpt.get("fashionops") or {}).get("train") if isinstance(ckpt, dict) else None
     if saved is None:
         raise FashionOpsError(f"--resume: {last} was not written by `fashionops train`")
     now = cfg.model_dump()
@@ -189,7 +193,7 @@ def check_resumable(last: Path, cfg: TrainConfig) -> None:
 
 
 def _best_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_weights_only(ckpt_path, "train: best checkpoint")
     prefix = "model."
     return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
@@ -259,15 +263,20 @@ def run_train(
     )
 
     throughput = Throughput()
-    logger = make_logger(tracking, paths, resumable_run_id(tracking, paths) if resume else None)
+    logger = make_logger(tracking, paths, resumable_run_id(tracking, paths, ckpt_dir) if resume else None)
     trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, logger, throughput)
+    run_checkpoint = trainer.checkpoint_callback
+    assert isinstance(run_checkpoint, RunCheckpoint)
     if trainer.is_global_zero:  # under DDP only rank 0 touches files and MLflow
-        if not resume and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # stale best/last of an earlier run must not be resumed or kept
+        # An earlier run's checkpoints stay until this run has saved its own (RunCheckpoint), and
+        # paths.run_file keeps naming the earlier run until this one has finished.
+        mark_abandoned_runs(tracking)
         run_id = start_tracking(tracking, paths, logger, resume, runtime, run_config)
+        run_checkpoint.run_info = run_record(tracking, logger)
         logger.experiment.log_artifact(run_id, str(data.root / "labels.json"), artifact_path="model")
     fit_t0 = time.perf_counter()
-    trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if resume else None)
+    # weights_only: Lightning's own load of last.ckpt must not unpickle code either
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
     fit_seconds = time.perf_counter() - fit_t0
     if not trainer.is_global_zero:
         return {}
@@ -319,6 +328,8 @@ def run_train(
         client.log_artifact(run_id, str(path), artifact_path="train")
     client.log_artifact(run_id, str(out_dir / "model_spec.json"), artifact_path="model")
     client.set_terminated(run_id, "FINISHED")
+    record = run_record(tracking, logger)
+    write_run_file(paths.run_file, record["run_id"], record["experiment_id"], record["tracking_uri"])
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
     metrics["fit_seconds"] = round(fit_seconds, 2)
     return metrics

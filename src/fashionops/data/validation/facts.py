@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from fashionops.workers import die_with_parent
+
 FACT_COLUMNS: list[str] = [
     "id",
     "file",
@@ -97,7 +99,8 @@ def gather_facts(catalogue: pd.DataFrame, workers: int = 2) -> pd.DataFrame:
         size = max(64, len(items) // (workers * 8) + 1)
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         method = "fork" if sys.platform.startswith("linux") else None
-        with mp.get_context(method).Pool(workers) as pool:
+        # die_with_parent: no worker outlives a killed validate
+        with mp.get_context(method).Pool(workers, initializer=die_with_parent) as pool:
             rows = [r for part in pool.map(_facts_chunk, chunks) for r in part]
     return pd.DataFrame(rows, columns=FACT_COLUMNS).astype(FACT_DTYPES)
 

@@ -31,6 +31,7 @@ from fashionops.data.validation.expectations import (
     severities,
 )
 from fashionops.data.validation.facts import duplicate_groups, gather_facts
+from fashionops.data.validation.raw_record import accept_record, restore_accepted_record
 from fashionops.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,24 @@ def run_validate(
     only on success. Raises ``ValidationFailed`` naming every failing critical expectation and
     its first ``validate.max_examples`` culprits; warnings are returned in the summary
     (``warnings``, ``warning_messages``) and logged.
+
+    For ``paths.raw_dir``: a pass makes its DVC file (``data/raw.dvc``) the accepted record; a
+    failure under ``dvc repro`` puts the accepted record back if the repro re-recorded the
+    failing catalogue (:mod:`~fashionops.data.validation.raw_record`).
     """
+    if data_dir is not None:
+        return _validate(cfg, paths, label=label, data_dir=data_dir)
+    try:
+        result = _validate(cfg, paths, label=label, data_dir=None)
+    except BaseException:
+        restore_accepted_record(paths.raw_dir)  # never leave the failing catalogue recorded
+        raise
+    accept_record(paths.raw_dir)
+    return result
+
+
+def _validate(cfg: ValidateConfig, paths: PathsConfig, *, label: str, data_dir: str | Path | None) -> dict[str, Any]:
+    """:func:`run_validate` without the DVC record keeping."""
     started = time.perf_counter()
     severity = severities(cfg.severity)
     root = Path(data_dir or paths.raw_dir).expanduser().resolve()
