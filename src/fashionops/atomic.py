@@ -3,11 +3,11 @@
 Every stage output goes through these, so a crash or a bad input never leaves a half-written
 file or directory behind (the previous output stays until the new one is complete).
 
-A killed process cannot remove its own staging directory, so :func:`staged_dir` names each one
-after its owner (``.<dest>.staging-<pid>-<random>``, the replaced output while it is swapped
-``.<dest>.staging-<pid>-replaced``) and, before staging, sweeps the ones beside the target whose
-owner is no longer alive. Owners are looked up on this host: a directory shared between hosts
-(NFS) needs one writer host per target.
+A killed process cannot remove its own staging directory or temp file, so :func:`staged_dir` and
+:func:`atomic_path` name each one after its owner (``.<dest>.staging-<pid>-<random>[.tmp]``, the
+replaced output while it is swapped ``.<dest>.staging-<pid>-replaced``) and, before staging, sweep
+the ones beside the target whose owner is no longer alive. Owners are looked up on this host: a
+directory shared between hosts (NFS) needs one writer host per target.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ _STAGING_NAME = re.compile(r"staging-(\d+)-.+")
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp file path beside ``path``; on success it replaces ``path``, else it is removed."""
+    """Yield a temp file path beside ``path``; on success it replaces ``path``, else it is removed
+    (temp files of killed earlier writers of ``path`` are swept first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_staging(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.staging-{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -77,9 +79,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def sweep_stale_staging(dest: str | Path) -> list[Path]:
-    """Remove staging directories beside ``dest`` left by killed processes; returns what was removed.
+    """Remove staging directories and temp files beside ``dest`` left by killed processes; returns
+    what was removed.
 
-    Only ``.<dest>.staging-<pid>-*`` directories whose owner ``pid`` is dead on this host go; live
+    Only ``.<dest>.staging-<pid>-*`` entries whose owner ``pid`` is dead on this host go; live
     owners' ones stay. (Unowned ``.<dest>.<random>`` folders of versions before owners were recorded
     are left for a person to remove.)
     """
@@ -90,9 +93,14 @@ def sweep_stale_staging(dest: str | Path) -> list[Path]:
         return removed
     for entry in dest.parent.iterdir():
         owner = _STAGING_NAME.fullmatch(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
-        if owner is None or entry.is_symlink() or not entry.is_dir() or pid_alive(int(owner.group(1))):
+        if owner is None or entry.is_symlink() or pid_alive(int(owner.group(1))):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file():  # an atomic_path temp file
+            entry.unlink(missing_ok=True)
+        else:
+            continue
         removed.append(entry)
     if removed:
         log.info("removed %d staging folder(s) of killed runs beside %s", len(removed), dest)

@@ -191,3 +191,34 @@ def test_validate_terminated_stops_its_fact_workers_quietly(tmp_path, full_catal
     assert "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("error: fashionops validate terminated"), err[-3000:]
     assert not _wait_gone(workers, 2.0), f"fact workers still running after SIGTERM: {_alive(workers)}"
+
+
+_HOLD_FILE = """
+import sys, time
+from fashionops.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_text("half")
+    print(tmp, flush=True)
+    time.sleep(300)
+"""
+
+
+def test_temp_files_of_killed_writers_are_swept_by_the_next_write(tmp_path):
+    from fashionops.atomic import write_json
+
+    target = tmp_path / "metrics.json"
+    writer = subprocess.Popen([sys.executable, "-c", _HOLD_FILE, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        temp = Path(writer.stdout.readline().strip())
+        assert temp.is_file() and temp.name.startswith(".metrics.json.staging-")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert temp.is_file(), "SIGKILL leaves the half-written temp file"
+    user_file = tmp_path / ".metrics.json.backup"  # only owned temp names are swept
+    user_file.write_text("mine")
+
+    write_json(target, {"accuracy": 0.9})
+    assert not temp.exists(), "the killed writer's temp file must be swept"
+    assert user_file.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".metrics.json.backup", "metrics.json"]
