@@ -32,8 +32,9 @@ run: setup ## run the training-pipeline flow end to end with the defaults (ephem
 repro: setup ## run the DVC pipeline (dvc repro)
 	$(BIN)/dvc repro
 
-test: setup ## run the test suite (CPU; real data from ../shared; installs Debian's chromium for the web UI test)
+test: setup ## run the test suite (CPU; real data from ../shared; installs Debian's chromium and postgresql when missing)
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
 lint: setup ## ruff (lint + format check) and mypy over src/ and flows/
@@ -59,10 +60,20 @@ mlflow-ui: setup ## MLflow UI on http://127.0.0.1:5000 over the embedded stores
 ui: setup ## Prefect server + deployments + MLflow UI (prints the URLs)
 	bash scripts/ui.sh
 
+stack: setup ## start the production stack on 127.0.0.1 (PostgreSQL, S3, MLflow + Prefect servers, worker); then `source .stack/env`
+	bash scripts/ensure_postgres.sh
+	$(BIN)/fashionops stack up
+
+stack-down: ## stop exactly the processes `make stack` started
+	$(BIN)/fashionops stack down
+
+stack-status: ## each stack service: running (pid) or stopped, URL, log file
+	$(BIN)/fashionops stack status
+
 deploy-smoke: setup ## load both @champion models in a fresh process and predict on real images
 	$(BIN)/python scripts/deploy_smoke.py
 
 clean: ## remove caches (not data, models or the MLflow store)
 	rm -rf .pytest_cache **/__pycache__
 
-.PHONY: help setup data run repro lint format test test-fast bench mlflow-ui ui deploy-smoke clean
+.PHONY: help setup data run repro lint format test test-fast bench mlflow-ui ui stack stack-down stack-status deploy-smoke clean

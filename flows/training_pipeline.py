@@ -28,7 +28,7 @@ from fashionops.orchestration.reports import (
     registered_versions,
     registry_links,
 )
-from fashionops.orchestration.runner import STAGES, experiment_name, save_experiment, stage_env
+from fashionops.orchestration.runner import STAGES, experiment_name, push_outputs, save_experiment, stage_env
 
 
 def publish_results(reports: dict[str, Any]) -> list[dict[str, str]]:
@@ -136,6 +136,7 @@ def training_pipeline(
             if stage == "validate":
                 publish_validation(ws)
         saved = save_experiment(ws, exp_name, env=env, log=logger.info, message=f"training-pipeline flow run {run_id}")
+        pushed_to = push_outputs(ws, env=env, log=logger.info)  # $FASHIONOPS_DVC_REMOTE, when set
 
     reports = collect_reports(ws)
     links = publish_results(reports)
@@ -143,6 +144,7 @@ def training_pipeline(
         "flow_run_id": str(run_id) if run_id else None,
         "workspace": ws,
         "dvc_experiment": saved,
+        "dvc_remote": pushed_to,
         "params_changed": changed,
         "imported": imported["imported"],
         "stages": {s["stage"]: s["status"] for s in stages},

@@ -61,6 +61,36 @@ def small_catalogue(tmp_path_factory, shared_catalogue, shared_styles) -> Path:
     return make_subset(shared_catalogue, dest, shared_styles, per_class=30, classes=10)
 
 
+# A tiny model that trains in seconds on a small real subset (the subprocess train tests).
+TINY_TRAIN = [
+    "prepare.min_images_per_class=10",
+    "train.backbone=small_cnn",
+    "train.pretrained=none",
+    "train.input_height=48",
+    "train.input_width=36",
+    "train.batch_size=16",
+    "train.lr=0.003",
+    "train.num_workers=0",
+]
+
+
+@pytest.fixture
+def no_leaked_tracking_uri(monkeypatch):
+    """An MLFLOW_TRACKING_URI left by an earlier test must not redirect the params' own store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def mlflow_runs(params) -> dict[str, str]:
+    """run id -> status of every run in the params' MLflow experiment."""
+    from mlflow.tracking import MlflowClient
+
+    from fashionops.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(params.tracking))
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    return {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id])} if exp else {}
+
+
 def params_for(workdir: Path, catalogue: Path | None = None, overrides: list[str] | None = None):
     """Params whose every path lies under `workdir` (absolute), with a SQLite MLflow store there.
 

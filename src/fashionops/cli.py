@@ -1,8 +1,9 @@
 """The ``fashionops`` command line: one subcommand per stage, thin callers of library functions.
 
 Every stage subcommand takes ``--params PATH`` and repeatable ``--set section.key=value``.
-Expected failures (``FashionOpsError``) and file-system failures (``OSError``: disk full, read-only,
-...) print one line ``error: ...`` and exit with status 1; SIGTERM exits with 143 after cleaning up.
+Expected failures (``FashionOpsError``), file-system failures (``OSError``: disk full, read-only,
+...) and an MLflow tracking server that does not answer print one line ``error: ...`` and exit with
+status 1; SIGTERM exits with 143 after cleaning up.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def cmd_train(p: Params, a: argparse.Namespace) -> Any:
                 "history": str(p.paths.reports("train") / "history.csv"),
             },
         )
-    return metrics
+    return metrics or None  # the other ranks print nothing
 
 
 def _print_summary(title: str, metrics: dict[str, Any], outputs: dict[str, str]) -> None:
@@ -196,6 +197,24 @@ def cmd_refresh_register_index(p: Params, a: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_stack_up(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.stack.up import up
+
+    return up(p)
+
+
+def cmd_stack_down(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.stack.up import down
+
+    return down(p)
+
+
+def cmd_stack_status(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.stack.up import status
+
+    return status(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionops", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -298,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--index-dir", required=True)
     sp.add_argument("--classifier-version", required=True)
+
+    help_ = "the production stack on 127.0.0.1 (PostgreSQL, S3, MLflow and Prefect servers, a worker)"
+    actions = sub.add_parser("stack", help=help_, description=help_).add_subparsers(
+        dest="step", required=True, metavar="ACTION"
+    )
+    add("up", cmd_stack_up, "start the stack (or find it running), apply the deployments, write .stack/env", actions)
+    add("down", cmd_stack_down, "stop exactly the processes `stack up` started", actions)
+    add("status", cmd_stack_status, "each service: running (pid) or stopped, its URL and log", actions)
     return parser
 
 
@@ -319,10 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     except FashionOpsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        # disk full, read-only, a file where a folder should be...: one line, the traceback at DEBUG
+    except Exception as exc:
+        from fashionops.tracking import tracking_unreachable
+
+        # A tracking server that does not answer, disk full, read-only, a file where a folder
+        # should be...: one line, the traceback at DEBUG.
+        unreachable = tracking_unreachable(exc, f"fashionops {command}")
+        if unreachable is not None:
+            message = str(unreachable)
+        elif isinstance(exc, OSError):
+            message = os_error_message(exc, command)
+        else:
+            raise
         log.debug("fashionops %s failed", command, exc_info=True)
-        print(f"error: {os_error_message(exc, command)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

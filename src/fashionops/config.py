@@ -2,9 +2,10 @@
 
 ``params.yaml`` has ``paths`` (where every stage reads and writes), one section per stage
 (``data``, ``validate``, ``prepare``, ``train``, ``evaluate``, ``index``, ``register``,
-``serve``) and ``tracking``. A stage function takes only the sections it reads plus ``paths``,
-so its signature says which params it depends on (``dvc.yaml`` declares the same). Every section is a
-pydantic model that forbids unknown keys, so a typo is an error naming ``section.key``.
+``serve``), ``tracking`` and ``stack`` (``fashionops stack up``, no stage reads it). A stage
+function takes only the sections it reads plus ``paths``, so its signature says which params it
+depends on (``dvc.yaml`` declares the same). Every section is a pydantic model that forbids
+unknown keys, so a typo is an error naming ``section.key``.
 ``--set section.key=value`` overrides go through the same validation.
 A ``train.preset`` names a file in ``fashionops/presets/``; its sections are applied over
 the file's values and under the ``--set`` overrides.
@@ -247,6 +248,19 @@ class TrackingConfig(Section):
     artifact_location: str = "mlflow/artifacts"
 
 
+class StackConfig(Section):
+    """``fashionops stack up|down|status``: the production stack on 127.0.0.1 (``fashionops.stack``)."""
+
+    dir: str = ".stack"  # pids, logs, PostgreSQL data, Prefect home, the env file
+    postgres_port: int = Field(default=15432, ge=1, le=65535)
+    s3_port: int = Field(default=19000, ge=1, le=65535)
+    mlflow_port: int = Field(default=15000, ge=1, le=65535)
+    prefect_port: int = Field(default=14200, ge=1, le=65535)
+    mlflow_bucket: str = "fashionops-mlflow"  # MLflow's artifact store (s3://<bucket>/)
+    dvc_bucket: str = "fashionops-dvc"  # the DVC remote `stack` (s3://<bucket>)
+    ready_timeout_s: float = Field(default=180.0, gt=0)  # per service, before `up` gives up
+
+
 # "validate" and "register" shadow BaseModel/ABC class attributes; as instance fields they are fine.
 warnings.filterwarnings("ignore", message='Field name "(validate|register)"', category=UserWarning)
 
@@ -262,6 +276,7 @@ class Params(Section):
     register: RegisterConfig = RegisterConfig()
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    stack: StackConfig = StackConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict with the section names of ``params.yaml``."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import io
+import re
 from pathlib import PurePath
+from urllib.parse import urlsplit
 
 
 class FashionOpsError(Exception):
@@ -75,3 +77,67 @@ def os_error_message(exc: OSError, command: str) -> str:
         return f"{reason} (fashionops {command}{': ' + hint if hint else ''})"
     where = f"{path} -> {exc.filename2}" if exc.filename2 is not None else str(path)
     return f"{where}: {reason} (fashionops {command}: {hint or 'reading or writing it'})"
+
+
+# --------------------------------------------------------------------------- tracking server
+# What MLflow's REST client says when it never got an answer from the server (it wraps the
+# requests/urllib3 error into ``MlflowException("API request to <url> failed with exception ...")``).
+_UNREACHABLE_REASONS: tuple[tuple[str, str], ...] = (
+    ("Connection refused", "connection refused"),
+    ("Name or service not known", "host name not resolved"),
+    ("Temporary failure in name resolution", "host name not resolved"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+    ("timed out", "timed out"),
+    ("timeout exception", "timed out"),
+    ("Connection reset", "connection reset"),
+    ("Connection aborted", "connection lost"),
+    ("RemoteDisconnected", "connection lost"),
+    ("Failed to establish a new connection", "no connection"),
+    ("too many 502 error responses", "bad gateway"),
+    ("too many 503 error responses", "service unavailable"),
+    ("too many 504 error responses", "gateway timeout"),
+)
+_API_URL = re.compile(r"API request to (\S+?) failed")
+
+
+class TrackingUnreachable(FashionOpsError):
+    """The MLflow tracking server did not answer (stopped, wrong URL, network down): a retry later
+    can succeed, so the flows treat it as transient."""
+
+    def __init__(self, url: str, reason: str, doing: str, outcome: str = "") -> None:
+        self.url, self.reason = url, reason
+        tail = f"; {outcome}" if outcome else ""
+        super().__init__(
+            f"MLflow tracking server {url} is unreachable ({reason}) during {doing}{tail}; "
+            "start it (or fix MLFLOW_TRACKING_URI) and run again"
+        )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def unreachable_server(exc: BaseException) -> tuple[str, str] | None:
+    """``(server URL, reason)`` when ``exc`` (or what it was raised from) is MLflow's REST client
+    getting no answer from the tracking server; None for any other failure (a server that
+    answered with an error, or network trouble of something else, e.g. a download)."""
+    for err in _chain(exc):
+        if isinstance(err, TrackingUnreachable):
+            return err.url, err.reason
+        text = str(err)
+        api = _API_URL.search(text)
+        if api is None:
+            continue
+        reason = next((why for needle, why in _UNREACHABLE_REASONS if needle in text), None)
+        if reason is None:
+            return None  # the request failed otherwise (e.g. too many 500s: the server answered)
+        parts = urlsplit(api.group(1))
+        return f"{parts.scheme}://{parts.netloc}", reason
+    return None

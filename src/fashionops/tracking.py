@@ -4,6 +4,14 @@ One MLflow run per pipeline run: ``train`` creates it and records its id in ``pa
 (``reports/train/mlflow_run.json``, an output of the DVC ``train`` stage); ``evaluate``,
 ``index`` and ``register`` reopen that run (:func:`pipeline_run`). Every function takes the
 ``tracking`` section and, where it needs locations, ``paths``.
+
+A tracking server that does not answer: MLflow's HTTP client retries a request 7 times with
+exponential backoff (about 4 minutes per call) and waits up to 120 s for each answer, so a stopped
+server would hang a stage for many minutes. :func:`configure` sets :data:`HTTP_DEFAULTS` (3 retries,
+backoff factor 1, 60 s timeout: a call to a stopped server fails within about 10 s) unless the
+environment sets them; the Prefect tasks retry the whole stage later. The failure then reads
+``error: MLflow tracking server <url> is unreachable (<reason>) during <command>...``
+(:func:`tracking_unreachable`, :class:`fashionops.errors.TrackingUnreachable`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import yaml
 from fashionops.atomic import pid_alive, write_json
 from fashionops.config import PathsConfig, TrackingConfig
 from fashionops.environ import scoped_environ
+from fashionops.errors import TrackingUnreachable, unreachable_server
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +87,40 @@ def is_embedded(tracking: TrackingConfig) -> bool:
     return _user_env_uri() is None and tracking.tracking_uri.startswith("sqlite:")
 
 
+# MLflow's HTTP client settings for a tracking server (environment values win). MLflow's own
+# defaults (7 retries, backoff factor 2, 120 s) suit a rate-limiting hosted service; against our
+# own server they turn a stopped server into a 4-minute hang per call, while the flows already
+# retry a failed stage with backoff.
+HTTP_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
+
+def limit_http_retries() -> None:
+    """Set :data:`HTTP_DEFAULTS` in the environment where it does not set them (MLflow reads them
+    at each request, and stage subprocesses inherit them)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def tracking_unreachable(exc: BaseException, doing: str, outcome: str = "") -> TrackingUnreachable | None:
+    """A one-line :class:`TrackingUnreachable` when ``exc`` means the tracking server gave no
+    answer (``doing``: the command, ``outcome``: what that left behind), else None."""
+    found = unreachable_server(exc)
+    return None if found is None else TrackingUnreachable(found[0], found[1], doing, outcome)
+
+
 def configure(tracking: TrackingConfig) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; returns its id.
 
-    The environment is left as it was (MLflow's setters would export the URI to it).
+    The environment is left as it was (MLflow's setters would export the URI to it), except for
+    MLflow's HTTP retry settings, which get :data:`HTTP_DEFAULTS` where unset.
     """
     import mlflow
 
+    limit_http_retries()
     uri = tracking_uri(tracking)
     embedded = is_embedded(tracking)
     with scoped_environ(keep=("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")):
@@ -375,5 +411,7 @@ def run_exists(run_id: str, uri: str | None = None) -> bool:
     try:
         MlflowClient(uri).get_run(run_id)
         return True
-    except Exception:  # noqa: BLE001 - MlflowException for unknown ids, any store error likewise
-        return False
+    except Exception as exc:
+        if unreachable_server(exc) is not None:
+            raise  # a server that does not answer says nothing about the run
+        return False  # MlflowException for unknown ids, any store error likewise

@@ -17,27 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, params_for
+from conftest import REPO, TINY_TRAIN, mlflow_runs, params_for
 
-TINY = [
-    "prepare.min_images_per_class=10",
-    "train.backbone=small_cnn",
-    "train.pretrained=none",
-    "train.input_height=48",
-    "train.input_width=36",
-    "train.batch_size=16",
-    "train.lr=0.003",
-    "train.num_workers=0",
-]
+pytestmark = pytest.mark.usefixtures("no_leaked_tracking_uri")
+TINY = TINY_TRAIN
 # The run to be stopped: many epochs, so that it is still training when the signal comes; the runs
 # that must finish do one short epoch.
 LONG = ["train.epochs=20", "train.early_stopping_patience=20", "train.limit_batches=6"]
 SHORT = ["train.epochs=1", "train.limit_batches=3"]
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_tracking_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +58,6 @@ def _cli(params, extra: list[str]) -> list[str]:
     return cmd
 
 
-def _client(params):
-    from mlflow.tracking import MlflowClient
-
-    from fashionops.tracking import tracking_uri
-
-    return MlflowClient(tracking_uri(params.tracking))
-
-
-def _runs(params) -> dict[str, str]:
-    """run id -> status of every run in the params' experiment."""
-    client = _client(params)
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    return {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id])} if exp else {}
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -93,7 +65,7 @@ def _digest(path: Path) -> str:
 def _start_and_signal(params, sig: int, ready) -> tuple[subprocess.CompletedProcess, str]:
     """Run `fashionops train` (LONG), send ``sig`` as soon as ``ready(new_run_id)`` is true; returns
     (the finished process, the new run's id)."""
-    before = set(_runs(params))
+    before = set(mlflow_runs(params))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(_cli(params, LONG), cwd=Path(params.paths.reports_dir).parent, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -104,7 +76,7 @@ def _start_and_signal(params, sig: int, ready) -> tuple[subprocess.CompletedProc
             if proc.poll() is not None:
                 pytest.fail(f"train exited ({proc.returncode}) before the signal: {proc.stderr.read()[-2000:]}")
             assert time.monotonic() < deadline, "train did not get there within 240 s"
-            new = [r for r in _runs(params) if r not in before]
+            new = [r for r in mlflow_runs(params) if r not in before]
             time.sleep(0.02)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
@@ -137,10 +109,10 @@ def test_sigkill_keeps_the_old_checkpoints_and_run_file_and_the_next_train_marks
         assert recorded == first["mlflow_run_id"]
     else:
         assert recorded == run_id, "new checkpoints must name the run they belong to"
-    assert _runs(params)[run_id] == "RUNNING"  # nobody could end it
+    assert mlflow_runs(params)[run_id] == "RUNNING"  # nobody could end it
 
     third = _train(params)
-    statuses = _runs(params)
+    statuses = mlflow_runs(params)
     assert statuses[run_id] == "KILLED", "a run left RUNNING by a dead process is marked KILLED"
     assert statuses[first["mlflow_run_id"]] == statuses[third["mlflow_run_id"]] == "FINISHED"
     assert json.loads(params.paths.run_file.read_text())["run_id"] == third["mlflow_run_id"]
@@ -162,7 +134,7 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_run_file(tmp_path, prepared):
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert stopped.stderr.strip().splitlines()[-1].startswith("error: fashionops train terminated"), stopped.stderr
     assert "Traceback" not in stopped.stderr
-    statuses = _runs(params)
+    statuses = mlflow_runs(params)
     assert statuses[run_id] == "KILLED", statuses
     assert statuses[first["mlflow_run_id"]] == "FINISHED"
     assert params.paths.run_file.read_bytes() == run_file_before

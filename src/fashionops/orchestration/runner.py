@@ -9,6 +9,8 @@ with the command's own error message.
   (changed deps/params), is skipped or restored from its run cache.
 * :func:`ensure_raw_data` - ``fashionops import`` (or ``dvc pull``) when the catalogue is missing.
 * :func:`save_experiment` - ``dvc exp save`` so a run is traceable to code, params and data.
+* :func:`push_outputs` - ``dvc push`` to ``$FASHIONOPS_DVC_REMOTE`` (the stack's ``stack`` remote)
+  when it is set; :func:`ensure_raw_data` pulls from the same remote.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fashionops.orchestration.overrides import workspace_params, workspace_path
 from fashionops.stages import STAGES as STAGE_TABLE
 
 STAGES: tuple[str, ...] = tuple(STAGE_TABLE)  # the DVC stages, in pipeline order
+REMOTE_ENV = "FASHIONOPS_DVC_REMOTE"  # the DVC remote a flow pulls from and pushes to
 STOP_GRACE_S = 20.0  # how long a stopped stage gets to clean up before SIGKILL
 
 LogFn = Callable[[str], None]
@@ -165,7 +168,8 @@ def ensure_raw_data(
             return {"imported": False, "dvc_file": str(dvc_file)}
         # A fresh clone: the .dvc file is committed but the data is not here yet; fetch it from
         # the DVC remote, and import from a local source only if that fails.
-        code, lines = run_command(dvc_command("pull", str(dvc_file)), cwd=workspace, env=env, log=log)
+        pull = ["pull", *remote_args(env), str(dvc_file)]
+        code, lines = run_command(dvc_command(*pull), cwd=workspace, env=env, log=log)
         if code == 0 and raw.exists():
             return {"imported": False, "pulled": True, "dvc_file": str(dvc_file)}
         if log:
@@ -175,6 +179,27 @@ def ensure_raw_data(
     if code != 0:
         raise StageFailed.from_output("import", code, lines)
     return {"imported": True, "dvc_file": str(dvc_file)}
+
+
+def remote_args(env: dict[str, str] | None = None) -> list[str]:
+    """``["-r", name]`` for the team's DVC remote (``$FASHIONOPS_DVC_REMOTE``, which ``.stack/env``
+    sets to ``stack``), else ``[]``: DVC's default remote."""
+    name = (env if env is not None else os.environ).get(REMOTE_ENV, "").strip()
+    return ["-r", name] if name else []
+
+
+def push_outputs(workspace: str | Path, env: dict[str, str] | None = None, log: LogFn | None = None) -> str | None:
+    """``dvc push`` the pipeline's data and models to ``$FASHIONOPS_DVC_REMOTE`` after a run, so
+    another clone (or a deploy job) can ``dvc pull`` exactly these outputs; None when no remote is
+    named (nothing pushed). Raises :class:`StageFailed` with DVC's message when the push fails: the
+    outputs stay in the workspace and a retry pushes them."""
+    args = remote_args(env)
+    if not args:
+        return None
+    code, lines = run_command(dvc_command("push", *args), cwd=workspace, env=env, log=log)
+    if code != 0:
+        raise StageFailed.from_output("push", code, lines)
+    return args[1]
 
 
 def save_experiment(

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fashionops.config import RegisterConfig, TrackingConfig
-from fashionops.errors import FashionOpsError
-from fashionops.tracking import configure, tracking_uri
+from fashionops.errors import FashionOpsError, unreachable_server
+from fashionops.tracking import configure, limit_http_retries, tracking_uri
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
@@ -56,6 +56,7 @@ def reader_client(tracking: TrackingConfig) -> Any:
     """An ``MlflowClient`` on the configured store that writes nothing (loaders)."""
     from mlflow import MlflowClient
 
+    limit_http_retries()  # a stopped server fails a loader in seconds, not minutes
     uri = tracking_uri(tracking)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -74,12 +75,15 @@ def user() -> str:
 
 
 def alias_version(client: Any, name: str, alias: str) -> str | None:
-    """Version an alias points at, or None when the alias (or the model) does not exist."""
+    """Version an alias points at, or None when the alias (or the model) does not exist.
+    A tracking server that does not answer raises (it says nothing about the alias)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
+    except MlflowException as exc:
+        if unreachable_server(exc) is not None:
+            raise
         return None
 
 

@@ -49,6 +49,7 @@ from fashionops.tracking import (
     model_card,
     pipeline_run,
     run_tags,
+    tracking_unreachable,
 )
 
 
@@ -279,6 +280,15 @@ def run_register(
                 moves = [(cfg.classifier_name, CHALLENGER, cv), (cfg.index_name, CHALLENGER, iv)]
             txn.apply(moves, [(cfg.classifier_name, cv, "decision", decision)])
     except BaseException as exc:
+        registered = f"{cfg.classifier_name} v{cv} / {cfg.index_name} v{iv}"
+        unreachable = tracking_unreachable(
+            exc,
+            "fashionops register",
+            f"{registered} registered without aliases; aliases unchanged (an alias move cut short is rolled "
+            "back from the registry journal by the next register, promote or rollback)",
+        )
+        if unreachable is not None:  # tagging the versions would only fail (and wait) again
+            raise unreachable from exc
         # The new versions stay registered (for inspection) but carry no alias.
         for name, version in ((cfg.classifier_name, cv), (cfg.index_name, iv)):
             try:
@@ -286,10 +296,7 @@ def run_register(
             except Exception:  # noqa: BLE001 - the original error matters more
                 pass
         if isinstance(exc, Exception) and not isinstance(exc, FashionOpsError):
-            raise RegistryError(
-                f"register failed after registering {cfg.classifier_name} v{cv} / "
-                f"{cfg.index_name} v{iv}; aliases unchanged: {exc}"
-            ) from exc
+            raise RegistryError(f"register failed after registering {registered}; aliases unchanged: {exc}") from exc
         raise
 
     result = {

@@ -19,6 +19,9 @@ registered models, so a pair move is several MLflow calls. Every writer (``regis
   process leaves the old state, never a mix; a ``committed`` one is kept), then deletes the lock
   and competes to create it again. Only the process that creates ``<lock>.break-<token>`` may
   break a given stale lock. Waiting for a live holder gives up after :data:`WAIT_S`.
+* **tracking server down** mid-transaction: nothing is restored or released (it cannot be); the
+  open journal and the lock stay for the next writer, which restores them once this process has
+  ended, and loaders read the journal's snapshot meanwhile.
 * **readers** (:func:`fashionops.registry.aliases.resolve_pair`) never write: while a journal is
   open they read the pair from its snapshot, so a loader never sees half a move. Loaders (``serve``
   start and its poller, ``pull``, deploy-smoke) first call :func:`repair_stale_lock`, which rolls a
@@ -47,6 +50,7 @@ from types import TracebackType
 from typing import Any
 
 from fashionops.config import RegisterConfig
+from fashionops.errors import unreachable_server
 from fashionops.registry.aliases import (
     ALIASES,
     RegistryError,
@@ -298,8 +302,16 @@ class RegistryTransaction:
     ) -> None:
         if self.journal_open:
             return  # not restored: leave the journal to the next writer
-        if self.holds():
-            _delete_quietly(self.client, self.name)
+        try:
+            if self.holds():
+                _delete_quietly(self.client, self.name)
+        except Exception as release_exc:
+            if exc is None or unreachable_server(release_exc) is None:
+                raise
+            # The server is gone: the lock stays; once this process has ended it is stale and
+            # the next writer breaks it. The original error is the one to report.
+            log.warning("registry lock %s not released: the tracking server does not answer", self.name)
+            return
         if exc_type is None:
             self.step("released")
 
@@ -366,6 +378,11 @@ class RegistryTransaction:
         self.step("committed")
 
     def _undo(self, exc: BaseException) -> None:
+        if unreachable_server(exc) is not None:
+            # Nothing can be read or restored while the server does not answer: the journal stays
+            # open (loaders read its snapshot) and the next writer restores it.
+            log.warning("registry lock %s: tracking server unreachable; the journal stays open", self.name)
+            return
         if not self.holds():
             self.journal_open = False  # whoever broke the lock restored the journal
             return

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from fashionops.config import AugmentConfig, TrainConfig
 from fashionops.errors import DataError
 from fashionops.models.spec import ModelSpec
+from fashionops.training.distributed import EvalShardSampler, shard_train_indices
 
 SPLITS = ("train", "val", "test")
 INDEX_COLUMNS = ("row", "id", "label", "label_idx", "split", "is_copy")
@@ -145,19 +146,22 @@ def collate_batch(batch: Any) -> Any:
 
 
 class EpochRandomSampler(RandomSampler):
-    """Shuffle (or weighted draw with replacement) seeded by ``seed + epoch``.
+    """Shuffle (or weighted draw with replacement) seeded by ``seed + epoch``, one rank's share.
 
     Lightning calls ``set_epoch`` before every epoch, also after a resume, so the order of an
     epoch depends only on the seed and the epoch number: a resumed run sees the same batches as
-    an uninterrupted one. Being a ``RandomSampler``, plain shuffling is swapped for a seeded
-    ``DistributedSampler`` under DDP.
+    an uninterrupted one. Under DDP every rank draws the same epoch order (plain or class-weighted)
+    and keeps its shard (``distributed.shard_train_indices``): the balancing holds on every rank.
     """
 
-    def __init__(self, data_source: Sized, seed: int, weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, data_source: Sized, seed: int, weights: torch.Tensor | None = None, rank: int = 0, world: int = 1
+    ) -> None:
         super().__init__(data_source)
         self.seed = int(seed)
         self.epoch = 0
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.rank, self.world = int(rank), int(world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -166,12 +170,13 @@ class EpochRandomSampler(RandomSampler):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.data_source)
         if self.weights is not None:
-            yield from torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
         else:
-            yield from torch.randperm(n, generator=g).tolist()
+            order = torch.randperm(n, generator=g).tolist()
+        yield from shard_train_indices(order, self.rank, self.world)
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return -(-len(self.data_source) // self.world)
 
 
 def sample_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -338,22 +343,39 @@ class FashionDataModule(L.LightningDataModule):
     def classes(self) -> list[str]:
         return self.data.classes
 
+    def ranks(self) -> tuple[int, int]:
+        """(rank, world size) of the trainer this module is attached to; (0, 1) without one."""
+        trainer = self.trainer
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+
     def train_sampler(self) -> EpochRandomSampler:
         train = self.datasets["train"]
         weights = None
         if self.balance == "weighted_sampler":
             weights = sample_weights(train.labels.numpy(), len(self.data.classes))
-        return EpochRandomSampler(train, self.seed, weights)
+        rank, world = self.ranks()
+        return EpochRandomSampler(train, self.seed, weights, rank=rank, world=world)
+
+    def eval_sampler(self, split: str) -> Sampler[int] | None:
+        """This rank's unpadded shard of an evaluation split (None: the whole split, in order)."""
+        rank, world = self.ranks()
+        if world == 1:
+            return None
+        size = len(self.datasets[split])
+        if size < world:  # a rank without a batch would miss the others' collectives
+            raise DataError(f"{self.data.root / 'index.parquet'}: {size} {split} images, fewer than {world} processes")
+        return EvalShardSampler(size, rank, world)
 
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.datasets[split]
+        train_sampler = self.train_sampler() if train else None
         return DataLoader(
             ds,
             batch_size=batch_size,
-            sampler=self.train_sampler() if train else None,
+            sampler=train_sampler if train_sampler is not None else self.eval_sampler(split),
             shuffle=False if train else None,
             # a last batch of 1 breaks BatchNorm in train mode; dropping < 1 batch per epoch is harmless
-            drop_last=train and len(ds) > batch_size,
+            drop_last=train_sampler is not None and len(train_sampler) > batch_size,
             collate_fn=collate_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

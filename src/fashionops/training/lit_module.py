@@ -9,12 +9,17 @@ Metrics are accumulated as device tensors during the epoch (no per-step host syn
 computed once per epoch in ``on_validation_epoch_end``: train/val loss, accuracy, macro-F1
 and the learning rate. That hook runs before Lightning saves ``last.ckpt``, so the epoch's
 history row and the epoch-level scheduler step are inside the checkpoint a resume starts from.
+
+The loss is the mean over samples (class-weighted: over their weights), whatever the batching.
+Under DDP each rank evaluates its own unpadded shard with rank 0's buffers, and the sums and
+predictions of all ranks are gathered before the metrics are computed: they equal a
+single-process evaluation of the checkpoint rank 0 saves.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -24,6 +29,7 @@ from torch import nn
 from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
 from fashionops.models.spec import ModelSpec
+from fashionops.training.distributed import broadcast_buffers, gather_cat, gather_sum
 
 
 def macro_f1(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,13 +55,18 @@ class _EpochStats:
 
     def reset(self) -> None:
         self.loss_sum: torch.Tensor | None = None
-        self.count = 0
+        self.count: torch.Tensor | float = 0.0  # samples, or their class weights for a weighted loss
         self.preds: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
 
     def update(
-        self, loss: torch.Tensor, n: int, preds: torch.Tensor | None = None, targets: torch.Tensor | None = None
+        self,
+        loss: torch.Tensor,
+        n: torch.Tensor | float,
+        preds: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> None:
+        """Add one batch: ``loss`` is its mean over ``n`` (samples, or the weights of a weighted mean)."""
         weighted = loss.detach().float() * n
         self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
         self.count += n
@@ -134,10 +145,12 @@ class FashionLitModule(L.LightningModule):
         x, y = batch
         out = self(x)
         loss = self.compute_loss(out, x, y)
+        # cross_entropy with class weights averages over the samples' weights, not their number
+        n = self.class_weights[y].sum() if self.loss_kind == "ce" and self.class_weights is not None else x.shape[0]
         if self.task == "autoencoder":
-            stats.update(loss, x.shape[0])
+            stats.update(loss, n)
         else:
-            stats.update(loss, x.shape[0], out.argmax(1), y)
+            stats.update(loss, n, out.argmax(1), y)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -148,6 +161,7 @@ class FashionLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_stats.reset()
+        broadcast_buffers(self.model)  # every rank validates the model rank 0 checkpoints
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, self._val_stats)
@@ -163,25 +177,23 @@ class FashionLitModule(L.LightningModule):
         self.log_dict({k: v for k, v in metrics.items() if not math.isnan(v)}, sync_dist=False)
 
     # -- epoch metrics -------------------------------------------------------------------
-    def _gather_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return cast(torch.Tensor, self.all_gather(value)).sum(0)
-        return value
-
-    def _gather_cat(self, value: torch.Tensor) -> torch.Tensor:
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return cast(torch.Tensor, self.all_gather(value)).flatten(0, 1)  # needs equal sizes: the DDP sampler pads
-        return value
-
     def _summarise(self, stats: _EpochStats, prefix: str) -> dict[str, float]:
-        """Loss/accuracy/macro-F1 of one epoch's accumulated stats (one host sync)."""
-        if stats.count == 0 or stats.loss_sum is None:
+        """Loss/accuracy/macro-F1 of one epoch's accumulated stats over all ranks (one host sync).
+
+        Under DDP every rank makes the same collective calls, whatever its own shard held.
+        """
+        zero = torch.zeros((), device=self.device)
+        count = gather_sum(torch.as_tensor(stats.count, dtype=torch.float32, device=self.device))
+        loss_sum = gather_sum(stats.loss_sum if stats.loss_sum is not None else zero)
+        preds = targets = None
+        if self.task != "autoencoder":
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            preds = gather_cat(torch.cat(stats.preds) if stats.preds else empty)
+            targets = gather_cat(torch.cat(stats.targets) if stats.targets else empty)
+        if float(count) == 0:
             return {}
-        loss = self._gather_sum(stats.loss_sum) / self._gather_sum(torch.tensor(float(stats.count), device=self.device))
-        out = {f"{prefix}_loss": float(loss)}
-        if stats.preds:
-            preds = self._gather_cat(torch.cat(stats.preds))
-            targets = self._gather_cat(torch.cat(stats.targets))
+        out = {f"{prefix}_loss": float(loss_sum / count)}
+        if preds is not None and targets is not None and targets.numel():
             out[f"{prefix}_acc"] = float((preds == targets).float().mean())
             out[f"{prefix}_macro_f1"] = float(macro_f1(preds, targets, self.num_classes))
         return out

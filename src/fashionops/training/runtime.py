@@ -3,6 +3,7 @@ and the library versions a run records."""
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 from typing import Any
@@ -35,13 +36,19 @@ def resolve_runtime(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def set_cpu_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads: ``threads``, else every core this process may run on.
+def set_cpu_threads(threads: int | None = None, processes: int = 1) -> int:
+    """Set torch's intra-op threads: ``threads``, else this process's share of the cores it may
+    run on (``processes`` training processes on this machine share them).
 
     On a machine shared with other jobs fewer threads can be much faster (oversubscribed
-    threads spin-wait on each other): ``train.cpu_threads``.
+    threads spin-wait on each other): ``train.cpu_threads``. With several processes the count is
+    also exported as ``OMP_NUM_THREADS``, which the ranks Lightning starts inherit and which keeps
+    Lightning from replacing it with its own guess.
     """
-    torch.set_num_threads(max(1, threads or usable_cores()))
+    count = max(1, threads or usable_cores() // max(1, processes))
+    torch.set_num_threads(count)
+    if processes > 1:
+        os.environ["OMP_NUM_THREADS"] = str(count)
     return torch.get_num_threads()
 
 

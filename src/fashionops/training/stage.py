@@ -17,6 +17,11 @@ beside it, ``checkpoints/mlflow_run.json``); a run stopped by SIGTERM ends KILLE
 RUNNING by a killed process are marked KILLED when the next training starts. Every epoch's
 randomness (sample order, augmentation, dropout) is a function of ``train.seed`` and the epoch
 number only, so a resumed run retraces an uninterrupted one.
+
+``train.strategy: ddp`` with ``devices``/``num_nodes`` trains in several processes
+(``training.distributed``): the other local ranks re-run the same ``fashionops train`` command,
+each trains on its shard, validation metrics are gathered over all ranks, and only rank 0 writes
+files and talks to MLflow (the logger exists on rank 0 only). A failed rank ends the run.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -40,6 +45,7 @@ from fashionops.models.torch_files import load_weights_only
 from fashionops.tracking import mark_abandoned_runs, write_run_file
 from fashionops.training.callbacks import EpochSeed, RunCheckpoint, Throughput, ThroughputBar
 from fashionops.training.datamodule import FashionDataModule, PreparedData, load_prepared
+from fashionops.training.distributed import StageLauncher, join_as_started_rank, resolve_strategy
 from fashionops.training.lit_module import FashionLitModule
 from fashionops.training.mlflow_run import make_logger, resumable_run_id, run_record, start_tracking
 from fashionops.training.runtime import resolve_runtime, set_cpu_threads
@@ -65,6 +71,8 @@ for _pattern in (
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*Experiment with name .* not found.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # under DDP: the epoch metrics are gathered over the ranks before they are logged (lit_module)
+    r".*It is recommended to use `self.log\(.*sync_dist=True.*",
 ):
     warnings.filterwarnings("ignore", message=_pattern)
 
@@ -115,7 +123,10 @@ def build_trainer(
     throughput: Throughput,
     extra_callbacks: list[Callback] | None = None,
 ) -> L.Trainer:
-    """The Trainer of the stage: checkpoints on the monitor, early stopping, seeded epochs."""
+    """The Trainer of the stage: checkpoints on the monitor, early stopping, seeded epochs.
+
+    ``logger``: the MLflow logger (rank 0 only; see :func:`attach_logger` for adding it later).
+    """
     name, mode = monitor
     checkpoint = RunCheckpoint(
         dirpath=ckpt_dir,
@@ -135,14 +146,14 @@ def build_trainer(
         checkpoint,
         *(extra_callbacks or []),
     ]
-    if logger is not None:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))  # every log_every_n_steps
     limit = cfg.limit_batches
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=runtime["accelerator"],
         devices=cfg.devices,
-        strategy=cfg.strategy,
+        strategy=resolve_strategy(cfg.strategy),
         num_nodes=cfg.num_nodes,
+        # the data module shards per rank itself (seeded class-weighted draws, unpadded evaluation)
+        use_distributed_sampler=False,
         precision=runtime["precision"],
         max_epochs=cfg.epochs,
         callbacks=callbacks,
@@ -156,6 +167,15 @@ def build_trainer(
         default_root_dir=str(ckpt_dir.parent),
         enable_model_summary=False,
     )
+    if logger is not None:
+        attach_logger(trainer, logger)
+    return trainer
+
+
+def attach_logger(trainer: L.Trainer, logger: Any) -> None:
+    """Log to ``logger`` (before ``fit``): the epoch metrics and the learning rate."""
+    trainer.loggers = [logger]
+    cast(Any, trainer).callbacks.append(LearningRateMonitor(logging_interval="step"))  # every log_every_n_steps
 
 
 # train params that may change between a run and its resume (placement, paths, patience)
@@ -198,6 +218,24 @@ def _best_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
+def fit(trainer: L.Trainer, lit: FashionLitModule, dm: FashionDataModule, ckpt_path: Path | None) -> None:
+    """``trainer.fit``; under DDP a rank that failed first becomes the stage's one-line error."""
+    try:
+        # weights_only: Lightning's own load of last.ckpt must not unpickle code either
+        trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    except Exception as exc:
+        failure = getattr(trainer.strategy, "rank_failure", None)
+        if failure:  # rank 0's collective broke because another rank had died: name that one
+            raise FashionOpsError(
+                f"train: {failure} (its error, if any, is above); all ranks were stopped and the MLflow "
+                "run is marked FAILED"
+            ) from exc
+        raise
+    launcher = trainer.strategy.launcher
+    if isinstance(launcher, StageLauncher):
+        launcher.finished()
+
+
 def run_train(
     cfg: TrainConfig,
     paths: PathsConfig,
@@ -235,9 +273,8 @@ def run_train(
     if resume:
         check_resumable(last, cfg)
     t_start = time.perf_counter()
+    join_as_started_rank()
     runtime = resolve_runtime(cfg)
-    if not runtime["cuda"]:
-        set_cpu_threads(cfg.cpu_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data: PreparedData = load_prepared(paths.prepared_dir)
@@ -263,20 +300,24 @@ def run_train(
     )
 
     throughput = Throughput()
-    logger = make_logger(tracking, paths, resumable_run_id(tracking, paths, ckpt_dir) if resume else None)
-    trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, logger, throughput)
+    trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, None, throughput)
+    if isinstance(trainer.strategy.launcher, StageLauncher):
+        trainer.strategy.launcher.check()
+    if not runtime["cuda"]:  # the cores are shared by this machine's ranks
+        set_cpu_threads(cfg.cpu_threads, processes=trainer.num_devices)
     run_checkpoint = trainer.checkpoint_callback
     assert isinstance(run_checkpoint, RunCheckpoint)
     if trainer.is_global_zero:  # under DDP only rank 0 touches files and MLflow
         # An earlier run's checkpoints stay until this run has saved its own (RunCheckpoint), and
         # paths.run_file keeps naming the earlier run until this one has finished.
         mark_abandoned_runs(tracking)
+        logger = make_logger(tracking, paths, resumable_run_id(tracking, paths, ckpt_dir) if resume else None)
+        attach_logger(trainer, logger)
         run_id = start_tracking(tracking, paths, logger, resume, runtime, run_config)
         run_checkpoint.run_info = run_record(tracking, logger)
         logger.experiment.log_artifact(run_id, str(data.root / "labels.json"), artifact_path="model")
     fit_t0 = time.perf_counter()
-    # weights_only: Lightning's own load of last.ckpt must not unpickle code either
-    trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    fit(trainer, lit, dm, last if resume else None)
     fit_seconds = time.perf_counter() - fit_t0
     if not trainer.is_global_zero:
         return {}
@@ -309,6 +350,7 @@ def run_train(
         "model": f"{spec.backbone}/{spec.head}" if cfg.task == "classifier" else spec.backbone,
         "num_classes": spec.num_classes,
         "train_images": len(dm.datasets["train"]),
+        "processes": trainer.world_size,
         "resumed": resume,
     }
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
