@@ -62,7 +62,7 @@ def small_catalogue(tmp_path_factory, shared_catalogue, shared_styles) -> Path:
 
 
 # A tiny model that trains in seconds on a small real subset (the subprocess train tests).
-TINY_TRAIN = [
+SMALL_CNN_TRAIN = [
     "prepare.min_images_per_class=10",
     "train.backbone=small_cnn",
     "train.pretrained=none",

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fashionops.pids import pid_alive
+
 log = logging.getLogger(__name__)
 # ".<dest>.staging-<owner pid>-<suffix>": the only names the sweep removes (a user's own
 # ".data.old-2019" beside a `pull --dest data` is never touched).
@@ -59,23 +61,6 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj: Any, default: Callable[[Any], Any] = str) -> Path:
     """Write ``obj`` as indented JSON atomically; ``default`` converts what json cannot."""
     return write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie (a killed, unreaped child)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (not Linux): existence is all we know
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def sweep_stale_staging(dest: str | Path) -> list[Path]:

@@ -28,10 +28,11 @@ from typing import Any
 
 import yaml
 
-from fashionops.atomic import pid_alive, write_json
+from fashionops.atomic import write_json
 from fashionops.config import PathsConfig, TrackingConfig
 from fashionops.environ import scoped_environ
 from fashionops.errors import TrackingUnreachable, unreachable_server
+from fashionops.pids import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, TINY_TRAIN, mlflow_runs, params_for
+from conftest import REPO, SMALL_CNN_TRAIN, mlflow_runs, params_for
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tracking_uri")
-TINY = TINY_TRAIN + [
+TINY = SMALL_CNN_TRAIN + [
     "train.cpu_threads=1",  # two ranks on two cores
 ]
 DDP = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"]

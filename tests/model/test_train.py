@@ -22,19 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, params_for
+from conftest import REPO, SMALL_CNN_TRAIN, params_for
 
-TINY = [
-    "prepare.min_images_per_class=10",
-    "train.backbone=small_cnn",
-    "train.pretrained=none",
-    "train.input_height=48",
-    "train.input_width=36",
-    "train.batch_size=16",
-    "train.limit_batches=3",
-    "train.lr=0.003",
-    "train.num_workers=0",
-]
+TINY = SMALL_CNN_TRAIN + ["train.limit_batches=3"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_TRAIN, mlflow_runs, params_for
+from conftest import REPO, SMALL_CNN_TRAIN, mlflow_runs, params_for
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tracking_uri")
-TINY = TINY_TRAIN
+TINY = SMALL_CNN_TRAIN
 # The run to be stopped: many epochs, so that it is still training when the signal comes; the runs
 # that must finish do one short epoch.
 LONG = ["train.epochs=20", "train.early_stopping_patience=20", "train.limit_batches=6"]

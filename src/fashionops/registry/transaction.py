@@ -51,6 +51,7 @@ from typing import Any
 
 from fashionops.config import RegisterConfig
 from fashionops.errors import unreachable_server
+from fashionops.pids import pid_alive, start_ticks
 from fashionops.registry.aliases import (
     ALIASES,
     RegistryError,
@@ -79,25 +80,6 @@ def lock_name(cfg: RegisterConfig) -> str:
 
 
 # --------------------------------------------------------------------------- lock records
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks (tells a reused pid apart), '' where unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _pid_alive(pid: int, start: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: alive
-    current = _process_start(pid)
-    return not (start and current and current != start)
-
-
 class LockRecord:
     """A lock (or break marker) as read from the registry."""
 
@@ -114,7 +96,8 @@ class LockRecord:
         if time.time() - self.heartbeat > max_silence_s:
             return True
         if self.pid and self.host == socket.gethostname():
-            return not _pid_alive(self.pid, self.tags.get("holder.pid_start", ""))
+            started = self.tags.get("holder.pid_start", "")
+            return not pid_alive(self.pid, int(started) if started.isdigit() else None)
         return False
 
     def describe(self) -> str:
@@ -179,7 +162,7 @@ def _holder_tags(command: str) -> dict[str, str]:
         "holder.token": uuid.uuid4().hex,
         "holder.host": socket.gethostname(),
         "holder.pid": str(pid),
-        "holder.pid_start": _process_start(pid),
+        "holder.pid_start": str(start_ticks(pid) or ""),
         "holder.command": command,
         "holder.started_at": now(),
         "heartbeat": f"{time.time():.3f}",

@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from fashionops.pids import pid_alive, start_ticks
+
 log = logging.getLogger(__name__)
 
 PREFIX = "fashionops-serve-"
@@ -28,38 +30,19 @@ _owned: set[Path] = set()
 _owned_lock = threading.Lock()
 
 
-def _start_time(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), if known.
-
-    With the pid it names one process: a pid reused by a later process has another start time.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # fields after "(comm)": state is field 3
-
-
 def _alive(owner: dict[str, Any]) -> bool:
     """Whether the process that wrote ``owner`` still runs (unknown -> assume it does)."""
-    pid = owner.get("pid")
+    pid, started = owner.get("pid"), owner.get("started")
     if not isinstance(pid, int) or pid <= 0:
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    started = owner.get("started")
-    return started is None or _start_time(pid) in (None, started)
+    return pid_alive(pid, int(started) if isinstance(started, (int, str)) and str(started).isdigit() else None)
 
 
 def new_download_dir(tmp_dir: str | Path | None = None) -> Path:
     """A fresh ``fashionops-serve-*`` folder owned by this process (under ``tmp_dir``, else the
     system temp dir); download into a subfolder of it."""
     root = Path(tempfile.mkdtemp(prefix=PREFIX, dir=tmp_dir))
-    owner = {"pid": os.getpid(), "started": _start_time(os.getpid())}
+    owner = {"pid": os.getpid(), "started": start_ticks(os.getpid())}
     (root / OWNER_FILE).write_text(json.dumps(owner))
     with _owned_lock:
         _owned.add(root)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fashionops.errors import FashionOpsError
+from fashionops.pids import pid_alive, start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +42,9 @@ class ProcessRecord:
     log: str
 
 
-def start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot, None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ", comm may hold spaces
-    if fields[0] == "Z":  # a zombie has exited: only its parent's wait() is left
-        return None
-    return int(fields[19])  # field 22 of the line; fields[0] is field 3
-
-
 def is_alive(record: ProcessRecord) -> bool:
     """True when the recorded process itself (same pid, same start time) is running."""
-    return start_ticks(record.pid) == record.start_ticks
+    return pid_alive(record.pid, record.start_ticks)
 
 
 def record_path(pids_dir: Path, name: str) -> Path:
