@@ -10,7 +10,7 @@ Steps: (import a new catalogue) -> validate it (DVC stage) -> fetch @champion ->
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 # First: it sets this project's Prefect defaults, read when prefect is first imported.
 from fashionops.orchestration.tasks import (  # isort: skip
@@ -24,6 +24,7 @@ from fashionops.orchestration.tasks import (  # isort: skip
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from fashionops.orchestration.lock import workspace_lock
 from fashionops.orchestration.refresh import REFRESH_DIR, build_refresh_index, run_refresh_step
@@ -70,10 +71,10 @@ def register_index_task(
 
 @flow(name="index-refresh", log_prints=True)
 def index_refresh(
-    source: str | None = None,
+    source: str = "",
     alias: str = "champion",
     workspace: str = ".",
-    lock_timeout_s: float = 3600.0,
+    lock_timeout_s: Annotated[float, Field(ge=0)] = 3600.0,
 ) -> dict[str, Any]:
     """Rebuild the visual-search index for the current (or a newly imported) catalogue with the
     @champion classifier, without retraining, and register it paired with that classifier.
@@ -89,7 +90,7 @@ def index_refresh(
     run_id = flow_run.id
     env = stage_env(flow_run_id=run_id)
     with workspace_lock(ws, timeout_s=lock_timeout_s, owner=f"index-refresh {run_id}", log=logger.info):
-        imported = import_task(ws, source, bool(source), env)
+        imported = import_task(ws, source or None, bool(source), env)
         try:
             validated = stage_task("validate", ws, env)  # a changed catalogue is validated first
         finally:

@@ -1,6 +1,9 @@
 """The ``fashionops`` command line: one subcommand per stage, thin callers of library functions.
 
-Every stage subcommand takes ``--params PATH`` and repeatable ``--set section.key=value``.
+Every stage subcommand takes ``--params PATH`` and repeatable ``--set section.key=value``; every
+option's help shows its default (``fashionops COMMAND --help``), ``fashionops --version`` the
+installed version. Commands that read image files check them all before loading a model, so a
+missing or unreadable file fails at once, naming each bad one.
 Expected failures (``FashionOpsError``), file-system failures (``OSError``: disk full, read-only,
 ...) and an MLflow tracking server that does not answer print one line ``error: ...`` and exit with
 status 1; SIGTERM exits with 143 after cleaning up.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fashionops.config import Params, dump_params, list_presets, load_params
+from fashionops.config import Params, did_you_mean, dump_params, list_presets, load_params, preset_info
 from fashionops.errors import FashionOpsError, Terminated, os_error_message
 from fashionops.logs import configure_logging
 
@@ -112,9 +116,11 @@ def cmd_index(p: Params, a: argparse.Namespace) -> Any:
 
 
 def cmd_search(p: Params, a: argparse.Namespace) -> Any:
+    from fashionops.inference.predict import check_image_files
     from fashionops.search.stage import search_images
 
-    return search_images(p.index, p.paths, a.images, k=a.k, index_dir=a.index_dir, max_pixels=p.serve.max_pixels)
+    check_image_files(a.images)  # before the index and the embedder are loaded
+    return search_images(p.index, p.paths, a.images, k=a.top_k, index_dir=a.index_dir, max_pixels=p.serve.max_pixels)
 
 
 def cmd_register(p: Params, a: argparse.Namespace) -> Any:
@@ -152,10 +158,16 @@ def cmd_pull(p: Params, a: argparse.Namespace) -> Any:
 
 
 def cmd_predict(p: Params, a: argparse.Namespace) -> Any:
-    from fashionops.inference.predict import predict_images
+    from fashionops.errors import DataError
+    from fashionops.inference.predict import check_image_files, predict_images
 
-    for line in predict_images(p, a.images, model_uri=a.model_uri, k=a.k):
+    check_image_files(a.images)  # before the model is loaded (seconds): a typo fails at once
+    failed = 0
+    for line in predict_images(p, a.images, model_uri=a.model_uri, k=a.top_k):
+        failed += "error" in line
         print(json.dumps(line, default=str))
+    if failed:  # the lines name each file and why
+        raise DataError(f"{failed} of {len(a.images)} image(s) could not be classified (see their lines above)")
     return None
 
 
@@ -167,7 +179,9 @@ def cmd_serve(p: Params, a: argparse.Namespace) -> Any:
 
 def cmd_params(p: Params, a: argparse.Namespace) -> Any:
     if a.presets:
-        print("\n".join(list_presets()))
+        for name in list_presets():
+            info = preset_info(name)
+            print(f"{name}\n    {info.description}\n    reproduces: {info.reproduces}")
     else:
         print(dump_params(p), end="")
     return None
@@ -215,37 +229,80 @@ def cmd_stack_status(p: Params, a: argparse.Namespace) -> Any:
     return status(p)
 
 
+def installed_version() -> str:
+    """The installed ``fashionops`` distribution's version (``unknown`` when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fashionops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default (``(default: 5)``) or ``(required)``; an option
+    whose default is None or a flag says what happens when it is not given in its own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_ = action.help or ""
+        if not action.option_strings or "default" in help_ or action.default is argparse.SUPPRESS:
+            return help_
+        if action.required:
+            return f"{help_} (required)"
+        if action.nargs == 0 or action.default is None:  # a flag, or a default the text explains
+            return help_
+        return f"{help_} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped subcommand or choice."""
+
+    def error(self, message: str) -> Any:
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            choices = re.findall(r"'([^']*)'", bad.group(2))
+            message += did_you_mean(bad.group(1), choices)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fashionops", description=__doc__.splitlines()[0])
+    parser = Parser(prog="fashionops", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument(
         "--log-level",
         default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level of fashionops' own messages (default: $FASHIONOPS_LOG_LEVEL or INFO)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {installed_version()}", help="print the version and exit"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     def add(
         name: str,
         func: Callable[[Params, argparse.Namespace], Any],
         help_: str,
-        parent: argparse._SubParsersAction[argparse.ArgumentParser] | None = None,
+        parent: argparse._SubParsersAction[Parser] | None = None,
     ) -> argparse.ArgumentParser:
-        sp = (parent or sub).add_parser(name, help=help_, description=help_)
-        sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        sp = (parent or sub).add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
+        sp.add_argument("--params", default="params.yaml", help="params file")
         sp.add_argument(
             "--set",
             dest="overrides",
             action="append",
             default=[],
             metavar="SECTION.KEY=VALUE",
-            help="override a parameter (repeatable), validated like the file",
+            help="override a parameter (repeatable), validated like the file (default: none)",
         )
         sp.set_defaults(func=func)
         return sp
 
     sp = add("import", cmd_import, "bring a catalogue into data/raw and track it with DVC")
-    sp.add_argument("--source", help="catalogue directory (Kaggle layout or folder-per-class)")
+    sp.add_argument(
+        "--source",
+        help="catalogue directory, Kaggle layout or folder-per-class (default: data.source, else $FASHION_DATA, "
+        "else ../shared/..., else the Kaggle download)",
+    )
     sp.add_argument("--no-dvc", action="store_true", help="copy only; do not run `dvc add`")
 
     sp = add("validate", cmd_validate, "run the Great Expectations suites on a catalogue")
@@ -256,43 +313,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp = add("train", cmd_train, "train the classifier (or autoencoder) with Lightning")
-    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint (default: start anew)")
 
     sp = add("evaluate", cmd_evaluate, "score a model on the test split (or a labelled catalogue)")
-    sp.add_argument("--model-uri", help="MLflow model URI, e.g. models:/fashion-classifier@champion")
-    sp.add_argument("--data", help="labelled catalogue directory to score instead of the test split")
+    sp.add_argument(
+        "--model-uri",
+        help="MLflow model URI, e.g. models:/fashion-classifier@champion (default: the model in paths.classifier_dir)",
+    )
+    sp.add_argument(
+        "--data", help="labelled catalogue directory to score instead of the test split (default: the test split)"
+    )
 
     add("index", cmd_index, "embed the catalogue and build the tuned Annoy index")
 
     sp = add("search", cmd_search, "visual search: print the most similar catalogue items as JSON")
     sp.add_argument("images", nargs="+", help="image files")
-    sp.add_argument("--k", type=int, default=5)
+    _top_k_option(sp, 5, "how many similar items per image")
     sp.add_argument("--index-dir", help="index directory (default: paths.index_dir)")
 
     add("register", cmd_register, "register classifier and index; move @champion if better")
 
     sp = add("promote", cmd_promote, "manually promote a classifier version (and its paired index)")
-    sp.add_argument("--version", required=True, type=int)
-    sp.add_argument("--reason", required=True)
+    sp.add_argument("--version", required=True, type=int, help="the classifier version to make @champion")
+    sp.add_argument("--reason", required=True, help="why, recorded on the versions' alias history")
 
     sp = add("rollback", cmd_rollback, "put @previous back as @champion (both models)")
-    sp.add_argument("--reason", default="rollback")
+    sp.add_argument("--reason", default="rollback", help="why, recorded on the versions' alias history")
 
     sp = add("pull", cmd_pull, "download both models of an alias with a manifest")
-    sp.add_argument("--alias", default="champion")
-    sp.add_argument("--dest", required=True)
+    sp.add_argument("--alias", default="champion", help="registry alias of the pair to download")
+    sp.add_argument(
+        "--dest", required=True, help="directory to download into: absent, empty or an earlier pull (replaced)"
+    )
 
     sp = add("predict", cmd_predict, "classify image files; prints JSON lines")
-    sp.add_argument("images", nargs="+")
-    sp.add_argument("--model-uri", help="default: models:/<register.classifier_name>@champion")
-    sp.add_argument("--k", type=int, default=3)
+    sp.add_argument("images", nargs="+", help="image files (all checked before the model is loaded)")
+    sp.add_argument(
+        "--model-uri",
+        help="MLflow model URI or a `fashionops pull` directory "
+        "(default: the classifier of models:/<register.classifier_name>@champion)",
+    )
+    _top_k_option(sp, 3, "how many most probable classes per image")
 
     sp = add("serve", cmd_serve, "serve the visual search web app and API")
-    sp.add_argument("--host")
-    sp.add_argument("--port", type=int)
+    sp.add_argument("--host", help="interface to listen on (default: serve.host, 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="port to listen on (default: serve.port, 8000)")
 
     sp = add("params", cmd_params, "print the effective configuration")
-    sp.add_argument("--presets", action="store_true", help="list the shipped presets")
+    sp.add_argument(
+        "--presets",
+        action="store_true",
+        help="list the shipped presets, what each trains and the published result it reproduces",
+    )
 
     sp = add("gx-init", cmd_gx_init, "(re)create the Great Expectations context (suites, data source) in gx/")
     sp.add_argument("--gx-dir", help="directory to create (default: paths.gx_dir)")
@@ -308,15 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
         steps,
     )
     sp.add_argument("--dest", required=True, help="directory to download into (replaced)")
-    sp.add_argument("--alias", default="champion")
+    sp.add_argument("--alias", default="champion", help="registry alias to download")
     sp = add(
         "register-index",
         cmd_refresh_register_index,
         "register an index paired with a classifier version; prints RESULT {json}",
         steps,
     )
-    sp.add_argument("--index-dir", required=True)
-    sp.add_argument("--classifier-version", required=True)
+    sp.add_argument("--index-dir", required=True, help="the built index directory to register")
+    sp.add_argument("--classifier-version", required=True, help="the classifier version the index was built with")
 
     help_ = "the production stack on 127.0.0.1 (PostgreSQL, S3, MLflow and Prefect servers, a worker)"
     actions = sub.add_parser("stack", help=help_, description=help_).add_subparsers(
@@ -326,6 +398,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("down", cmd_stack_down, "stop exactly the processes `stack up` started", actions)
     add("status", cmd_stack_status, "each service: running (pid) or stopped, its URL and log", actions)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def _top_k_option(sp: argparse.ArgumentParser, default: int, help_: str) -> None:
+    """``--top-k N`` (the pyfunc's and the API's ``top_k``); ``--k`` is its old name, still accepted."""
+    sp.add_argument(
+        "--top-k", "--k", dest="top_k", type=_positive_int, default=default, help=f"{help_}; --k is the old name"
+    )
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

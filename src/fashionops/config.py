@@ -14,6 +14,7 @@ the file's values and under the ``--set`` overrides.
 from __future__ import annotations
 
 import copy
+import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -211,7 +212,7 @@ class RegisterConfig(Section):
 
     classifier_name: str = "fashion-classifier"
     index_name: str = "fashion-visual-search"
-    selection_metric: str = "test_macro_f1"
+    selection_metric: str = "test/macro_f1"  # a name in reports/evaluate/metrics.json
     min_delta: float = 0.0
     promote: bool = True
     metrics_path: str | None = None  # None: <paths.reports_dir>/evaluate/metrics.json
@@ -302,20 +303,57 @@ def flatten(tree: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean X?)`` for the choice closest to ``word``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class PresetInfo(BaseModel):
+    """What ``fashionops params --presets`` tells about a preset: the top-level ``description:`` and
+    ``reproduces:`` keys of its file (not params: they are never merged into the configuration)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str  # one line: the model and how it is trained
+    reproduces: str  # the published result it reproduces ("none" for our own profiles)
+
+
+PRESET_INFO_KEYS = ("description", "reproduces")
+
+
 def list_presets() -> list[str]:
     """Names of the shipped presets."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """Sections of a preset file (e.g. ``{"train": {...}, "prepare": {...}}``)."""
+def _read_preset(name: str) -> dict[str, Any]:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"train.preset: unknown preset {name!r}; known: {', '.join(list_presets())}")
+        raise ConfigError(
+            f"train.preset: unknown preset {name!r}{did_you_mean(name, list_presets())}; "
+            f"known: {', '.join(list_presets())}"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path}: expected a mapping of sections")
     return data
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Sections of a preset file (e.g. ``{"train": {...}, "prepare": {...}}``), without its
+    :class:`PresetInfo` keys."""
+    return {k: v for k, v in _read_preset(name).items() if k not in PRESET_INFO_KEYS}
+
+
+def preset_info(name: str) -> PresetInfo:
+    """The ``description`` and ``reproduces`` of a shipped preset (validated: both are required)."""
+    data = _read_preset(name)
+    try:
+        return PresetInfo.model_validate({"name": name, **{k: data.get(k) for k in PRESET_INFO_KEYS}})
+    except ValidationError as exc:
+        raise ConfigError(f"preset {name}: {_format_errors(exc, f'preset {name}')}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -353,12 +391,40 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], origin: str, prefix: str
             base[key] = copy.deepcopy(value)
 
 
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section at ``loc`` (``("train", "augment")``) accepts; [] if it is no section."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _unknown_key(loc: tuple[Any, ...], value: Any) -> str:
+    """``train.epoch: unknown key (did you mean train.epochs?)``: the closest key of the same
+    section; for an unknown section holding one key, the closest section with that key."""
+    *parent, key = (str(p) for p in loc)
+    prefix = "".join(f"{p}." for p in parent)
+    close = difflib.get_close_matches(key, _section_keys(tuple(parent)), n=1)
+    if not close:
+        return f"{prefix}{key}: unknown key"
+    suggestion = f"{prefix}{close[0]}"
+    if isinstance(value, dict) and len(value) == 1:  # `trian.epochs=2`: suggest train.epochs
+        inner = str(next(iter(value)))
+        if inner in _section_keys((*parent, close[0])):
+            suggestion += f".{inner}"
+    return f"{prefix}{key}: unknown key (did you mean {suggestion}?)"
+
+
 def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
+            lines.append(_unknown_key(tuple(err["loc"]), err.get("input")))
         else:
             lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
     return f"invalid configuration in {origin}:\n  " + "\n  ".join(lines)

@@ -71,6 +71,8 @@ STAGES: dict[str, Stage] = {
             "run_file",
             "reports:evaluate",
             "reports:index/metrics.json",
+            "reports:prepare/metrics.json",
+            "reports:validation/metrics.json",
             "reports:validation/summary.json",
             "reports:validation/data_docs",
         ),

@@ -1,9 +1,14 @@
 """MLflow tracking: where runs go, which run a pipeline writes to, and the tags a reviewer needs.
 
-One MLflow run per pipeline run: ``train`` creates it and records its id in ``paths.run_file``
-(``reports/train/mlflow_run.json``, an output of the DVC ``train`` stage); ``evaluate``,
-``index`` and ``register`` reopen that run (:func:`pipeline_run`). Every function takes the
-``tracking`` section and, where it needs locations, ``paths``.
+One MLflow run per candidate: ``train`` creates a run (named for the flow run / DVC experiment,
+:func:`run_name`) and records its id in ``paths.run_file`` (``reports/train/mlflow_run.json``, an
+output of the DVC ``train`` stage); ``evaluate``, ``index`` and ``register`` of the same execution
+reopen it, and an execution that reruns only those stages (another flow run or DVC experiment, or
+other evaluate/index settings) writes to a run of its own beside it, tagged with the train run
+(:func:`pipeline_run`, :mod:`fashionops.run_lineage`). Runs carry MLflow's standard slots:
+``mlflow.source.git.*`` tags, the prepared split as dataset inputs (DVC md5 as digest), and the
+experiment is tagged as an ML (not GenAI) experiment. Every function takes the ``tracking`` section
+and, where it needs locations, ``paths``.
 
 A tracking server that does not answer: MLflow's HTTP client retries a request 7 times with
 exponential backoff (about 4 minutes per call) and waits up to 120 s for each answer, so a stopped
@@ -20,7 +25,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +33,22 @@ from typing import Any
 import yaml
 
 from fashionops.atomic import write_json
-from fashionops.config import PathsConfig, TrackingConfig
+from fashionops.config import PathsConfig, TrackingConfig, flatten
 from fashionops.environ import scoped_environ
 from fashionops.errors import TrackingUnreachable, unreachable_server
 from fashionops.pids import pid_alive
+from fashionops.run_lineage import (
+    EXECUTION_TAG,
+    EXPERIMENT_KIND_TAG,
+    EXPERIMENT_TAGS,
+    GIT_COMMIT_TAG,
+    ML_EXPERIMENT_KIND,
+    execution_id,
+    flow_run_id,
+    git,
+    run_name,
+    source_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,20 +151,15 @@ def configure(tracking: TrackingConfig) -> str:
             # Embedded default: artifacts next to the SQLite store, not in ./mlruns.
             location = Path(tracking.artifact_location).resolve().as_uri()
         try:
-            return mlflow.create_experiment(name, artifact_location=location)
+            return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except mlflow.exceptions.MlflowException:
             # Created concurrently by another stage/process since we looked.
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
                 raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before, or by another tool
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, ML_EXPERIMENT_KIND)
     return exp.experiment_id
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _norm_path(path: str | Path) -> str:
@@ -180,40 +191,28 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     return hashes
 
 
-def flow_run_id() -> str | None:
-    """The Prefect flow-run id: inside a flow from ``prefect.runtime``; in a stage subprocess
-    from ``FASHIONOPS_FLOW_RUN_ID`` (exported by the flow) or Prefect's ``PREFECT__FLOW_RUN_ID``."""
-    for env in ("FASHIONOPS_FLOW_RUN_ID", "PREFECT__FLOW_RUN_ID"):
-        if os.environ.get(env):
-            return os.environ[env]
-    import sys
-
-    if "prefect" in sys.modules:  # only ask Prefect when a flow already imported it (import is slow)
-        try:
-            from prefect.runtime import flow_run
-
-            run_id = flow_run.id
-            return str(run_id) if run_id else None
-        except Exception:  # noqa: BLE001 - outside a flow or an incompatible Prefect: no id
-            return None
-    return None
+def dvc_md5(path: str | Path) -> str | None:
+    """``dvc.lock``'s md5 of ``path`` (a stage output or ``data/raw.dvc``), None when it has none."""
+    hashes = dvc_hashes()
+    return hashes.get(_norm_path(path)) or hashes.get(str(path)) or None
 
 
 def run_tags(paths: PathsConfig) -> dict[str, str]:
     """Tags that let a reviewer trace a run to code, data and orchestration.
 
-    ``git_commit``/``git_dirty``; ``dvc_raw_data_md5``/``dvc_prepared_md5`` from ``dvc.lock``
-    (``data/raw.dvc``); ``dvc_experiment`` under ``dvc exp run``; ``prefect_flow_run_id`` when a
-    flow runs the stage. Keys whose source is absent are left out.
+    MLflow's ``mlflow.source.*`` tags (:func:`source_tags`) and our ``git_commit``/``git_dirty``
+    (``git_dirty`` has no standard slot; model versions carry these tags too);
+    ``dvc_raw_data_md5``/``dvc_prepared_md5`` from ``dvc.lock`` (``data/raw.dvc``);
+    ``dvc_experiment`` under ``dvc exp run``; ``prefect_flow_run_id`` when a flow runs the stage;
+    ``fashionops.execution`` (:func:`execution_id`). Keys whose source is absent are left out.
     """
-    tags: dict[str, str] = {}
-    commit = _git("rev-parse", "HEAD")
+    tags: dict[str, str] = source_tags()
+    commit = tags.get(GIT_COMMIT_TAG)
     if commit:
         tags["git_commit"] = commit
-        tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
-    hashes = dvc_hashes()
+        tags["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
     for path, key in ((paths.raw_dir, "dvc_raw_data_md5"), (paths.prepared_dir, "dvc_prepared_md5")):
-        md5 = hashes.get(_norm_path(path)) or hashes.get(str(path))
+        md5 = dvc_md5(path)
         if md5:
             tags[key] = md5
     if os.environ.get("DVC_EXP_NAME"):
@@ -221,6 +220,9 @@ def run_tags(paths: PathsConfig) -> dict[str, str]:
     run_id = flow_run_id()
     if run_id:
         tags["prefect_flow_run_id"] = run_id
+    execution = execution_id()
+    if execution:
+        tags[EXECUTION_TAG] = execution
     return tags
 
 
@@ -237,41 +239,79 @@ def read_run_file(path: str | Path) -> dict[str, Any] | None:
 
 
 @contextmanager
-def pipeline_run(tracking: TrackingConfig, paths: PathsConfig) -> Iterator[Any]:
-    """Reopen the run that ``train`` created (``paths.run_file``), or start a new one if there is none.
+def pipeline_run(
+    tracking: TrackingConfig,
+    paths: PathsConfig,
+    *,
+    stage: str = "pipeline",
+    settings: Mapping[str, Any] | None = None,
+    **sections: Any,
+) -> Iterator[Any]:
+    """The MLflow run this pipeline execution writes to, active for the ``with`` block.
 
-    Either way the run gets the current :func:`run_tags` (a later stage may know more, e.g.
-    the DVC hash of the prepared split once ``dvc.lock`` has it).
+    That is the run ``train`` created (``paths.run_file``) when it holds this execution's results,
+    else this execution's own candidate run beside it (found, or created with train's params,
+    final metrics and dataset inputs; :func:`fashionops.run_lineage.execution_run`): a run
+    belongs to this execution when its ``fashionops.execution`` tag names this flow run / DVC
+    experiment (:func:`execution_id`; any run, by hand) and it logged the same settings.
+    The stage's settings, compared with the run's params and logged into it: config sections by
+    name (``evaluate=cfg``) and/or flattened ``settings`` (``{"index.n_trees": 50}``, see
+    :func:`~fashionops.run_lineage.candidate_settings`). ``stage`` names a new run made by hand
+    (:func:`run_name`). Without a train run, a new run named for the
+    execution (:func:`run_name`). Either way the run gets the current :func:`run_tags` (a later
+    stage may know more, e.g. the DVC hash of the prepared split once ``dvc.lock`` has it).
     """
     import mlflow
 
+    from fashionops.run_lineage import execution_run, log_data_inputs
+
     experiment_id = configure(tracking)
+    tags = {**run_tags(paths), **owner_tags()}
+    settings = {**section_params(sections), **(settings or {})}
     info = read_run_file(paths.run_file)
     if info and run_exists(info["run_id"]):
-        with mlflow.start_run(run_id=info["run_id"]) as run:
-            mlflow.set_tags({**run_tags(paths), **owner_tags()})
+        run_id = execution_run(experiment_id, info["run_id"], settings, paths, run_name(stage))
+        with mlflow.start_run(run_id=run_id) as run:
+            mlflow.set_tags(tags)
+            log_params_flat(settings)
             yield run
     else:
-        with mlflow.start_run(experiment_id=experiment_id, tags={**run_tags(paths), **owner_tags()}) as run:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(stage), tags=tags) as run:
+            log_params_flat(settings)
+            log_data_inputs(mlflow.MlflowClient(), run.info.run_id, paths)
             yield run
 
 
-def log_params_flat(flat: dict[str, Any]) -> None:
-    """Log a flattened configuration (``Params.flat()``); keys already logged with the same value are
-    skipped (MLflow params are immutable, so a different value is logged as a tag ``param_changed.<key>``)."""
+def param_text(value: Any) -> str:
+    """A config value as an MLflow param: None (YAML null) is the empty string, others ``str()``."""
+    return "" if value is None else str(value)[:6000]
+
+
+def section_params(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"evaluate": EvaluateConfig(...)}`` -> ``{"evaluate.batch_size": 256, ...}`` (flattened like
+    ``Params.flat()``, so the keys and values match what ``train`` logged)."""
+    tree = {name: cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg) for name, cfg in sections.items()}
+    return flatten(tree) if tree else {}
+
+
+def log_params_flat(flat: Mapping[str, Any]) -> None:
+    """Log a flattened configuration (``Params.flat()``, values as :func:`param_text`) to the active
+    run; keys it already has are skipped. MLflow params are immutable: a key logged with another
+    value keeps its first value (debug log); settings that change a candidate's results get their
+    own run (:func:`pipeline_run`)."""
     import mlflow
 
     run = mlflow.active_run()
-    if run is None:
+    if run is None or not flat:
         return
     logged = mlflow.get_run(run.info.run_id).data.params
     new: dict[str, str] = {}
     for key, value in flat.items():
-        text = str(value)[:6000]
+        text = param_text(value)
         if key not in logged:
             new[key] = text
         elif logged[key] != text:
-            mlflow.set_tag(f"param_changed.{key}", text[:5000])
+            log.debug("MLflow run %s keeps param %s=%r (now %r)", run.info.run_id, key, logged[key], text)
     items = list(new.items())
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         mlflow.log_params(dict(items[start : start + 100]))
@@ -344,7 +384,7 @@ def model_card(
         "",
         "## Lineage",
         "",
-        *[f"- {k}: `{v}`" for k, v in sorted(tags.items())],
+        *[f"- {k}: `{v}`" for k, v in sorted(tags.items()) if not k.startswith("mlflow.")],  # git_commit says it
     ]
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: `{value}`")

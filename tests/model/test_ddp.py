@@ -170,9 +170,10 @@ def test_ddp_train_writes_once_and_its_gathered_metrics_equal_one_process(tmp_pa
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "checkpoints", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "checkpoints/mlflow_run.json",
         "model_spec.json", "weights.pt"]
-    assert sorted(p.name for p in reports.iterdir()) == ["history.csv", "metrics.json", "mlflow_run.json"]
+    assert sorted(p.name for p in reports.iterdir()) == [
+        "history.csv", "metrics.json", "mlflow_run.json", "summary.json"]
     assert not list(Path(tmp_path).glob("**/lightning_logs")) and not list(Path(tmp_path).glob("**/mlruns"))
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / "summary.json").read_text())
     assert metrics["processes"] == 2 and metrics["epochs_run"] == 1
 
     # MLflow: one run (rank 1 has no logger), each epoch metric logged once, FINISHED
@@ -181,8 +182,8 @@ def test_ddp_train_writes_once_and_its_gathered_metrics_equal_one_process(tmp_pa
     run_id = next(iter(runs))
     assert json.loads(params.paths.run_file.read_text())["run_id"] == run_id == metrics["mlflow_run_id"]
     client = _client(params)
-    assert len(client.get_metric_history(run_id, "val_macro_f1")) == 1
-    assert len(client.get_metric_history(run_id, "train_loss")) == 1
+    assert len(client.get_metric_history(run_id, "val/macro_f1")) == 1
+    assert len(client.get_metric_history(run_id, "train/loss")) == 1
 
     # the gathered validation metrics = one process evaluating the saved best checkpoint
     single = _single_process_validation(params, out / "checkpoints/best.ckpt")
@@ -261,7 +262,7 @@ def test_ddp_run_killed_after_an_epoch_resumes_and_matches_an_uninterrupted_run(
     for key in w_clean:
         torch.testing.assert_close(w_resumed[key], w_clean[key], rtol=1e-4, atol=1e-5, msg=key)
     run_id = next(iter(resumed_runs))
-    assert len(_client(params).get_metric_history(run_id, "val_macro_f1")) == 2
+    assert len(_client(params).get_metric_history(run_id, "val/macro_f1")) == 2
 
 
 @pytest.mark.slow  # ~18-30 s: a two-process training whose rank 1 is killed

@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from fashionops.evaluation.metrics import (
+    TEST_HEADLINE,
     classification_metrics,
     confusion,
     misclassified_pairs,
@@ -90,19 +91,22 @@ def test_evaluate_stage_outputs(tiny_pipeline):
     out = tiny_pipeline.paths.reports("evaluate")
     for name in REPORT_FILES:
         assert (out / name).is_file(), name
-    m = json.loads((out / "metrics.json").read_text())
-    assert all(k.startswith("test_") for k in m)
-    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_weighted_f1",
-                "test_macro_precision", "test_macro_recall", "test_macro_specificity", "test_macro_auprc",
-                "test_roc_auc_ovr"):
+    m = json.loads((out / "summary.json").read_text())  # every score and count
+    assert all(k.startswith("test/") for k in m)
+    for key in ("test/accuracy", "test/balanced_accuracy", "test/macro_f1", "test/weighted_f1",
+                "test/macro_precision", "test/macro_recall", "test/macro_specificity", "test/macro_auprc",
+                "test/roc_auc_ovr"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert m["test_log_loss"] > 0
+    assert m["test/log_loss"] > 0
+    headline = json.loads((out / "metrics.json").read_text())  # the DVC metrics file: the headline subset
+    assert list(headline) == [f"test/{k}" for k in TEST_HEADLINE]
+    assert headline == {k: m[k] for k in headline}
     prep = pd.read_parquet(Path(tiny_pipeline.paths.prepared_dir) / "index.parquet")
     n_test = int(((prep["split"] == "test") & ~prep["is_copy"].astype(bool)).sum())
-    assert m["test_n_samples"] == n_test
+    assert m["test/n_samples"] == n_test
     preds = pd.read_csv(out / "predictions.csv")
     assert list(preds.columns) == ["actual", "predicted"] and len(preds) == n_test
-    assert (preds["actual"] == preds["predicted"]).mean() == pytest.approx(m["test_accuracy"])
+    assert (preds["actual"] == preds["predicted"]).mean() == pytest.approx(m["test/accuracy"])
     report = pd.read_csv(out / "per_class.csv")
     assert {"class", "precision", "recall", "f1", "support", "specificity"} <= set(report.columns)
     assert report["support"].sum() == n_test
@@ -114,7 +118,8 @@ def test_evaluate_stage_outputs(tiny_pipeline):
         assert min(im.size) >= 400
     configure(tiny_pipeline.tracking)
     run = mlflow.get_run(read_run_file(tiny_pipeline.paths.run_file)["run_id"])
-    assert run.data.metrics["test_macro_f1"] == pytest.approx(m["test_macro_f1"])
+    assert run.data.metrics["test/macro_f1"] == pytest.approx(m["test/macro_f1"])
+    assert not any(k.startswith("test_") or k in ("test/n_samples", "test/n_classes") for k in run.data.metrics)
 
 
 def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared_catalogue, shared_styles,
@@ -137,8 +142,8 @@ def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared
     params.paths.reports_dir = str(tmp_path / "reports")
     result = run_evaluate(params.evaluate, params.paths, params.tracking, data_dir=str(data))
     assert result["excluded_classes"] == {unknown_type: 3}
-    m = json.loads((tmp_path / "reports" / "evaluate" / "metrics.json").read_text())
-    assert m["test_n_samples"] == 12 and m["test_n_excluded"] == 3
+    m = json.loads((tmp_path / "reports" / "evaluate" / "summary.json").read_text())
+    assert m["test/n_samples"] == 12 and m["test/n_excluded"] == 3
     preds = pd.read_csv(tmp_path / "reports" / "evaluate" / "predictions.csv")
     assert sorted(preds["actual"].unique()) == labels
 
@@ -156,8 +161,8 @@ def test_evaluate_a_pyfunc_model_uri_matches_the_local_model(tiny_pipeline, tmp_
     with mlflow.start_run(run_name="log-for-evaluate-test"):
         info = log_classifier(params.paths.classifier_dir)
     result = run_evaluate(params.evaluate, params.paths, params.tracking, model_uri=info.model_uri)
-    local = json.loads((tiny_pipeline.paths.reports("evaluate") / "metrics.json").read_text())
+    local = json.loads((tiny_pipeline.paths.reports("evaluate") / "summary.json").read_text())
     assert result["model"] == info.model_uri and result["mlflow_run_id"]
-    for key in ("test_accuracy", "test_macro_f1", "test_n_samples"):
+    for key in ("test/accuracy", "test/macro_f1", "test/n_samples"):
         assert result["metrics"][key] == pytest.approx(local[key]), key
-    assert result["metrics"]["test_log_loss"] == pytest.approx(local["test_log_loss"], rel=1e-4)
+    assert result["metrics"]["test/log_loss"] == pytest.approx(local["test/log_loss"], rel=1e-4)

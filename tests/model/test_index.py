@@ -186,6 +186,8 @@ def test_average_precision_at_k():
 
 # --------------------------------------------------------------------------- on the real pipeline
 def test_index_stage_outputs(tiny_pipeline):
+    from fashionops.search.stage import HEADLINE
+
     p = tiny_pipeline
     out, rep = Path(p.paths.index_dir), p.paths.reports("index")
     meta = json.loads((out / "index_meta.json").read_text())
@@ -196,12 +198,15 @@ def test_index_stage_outputs(tiny_pipeline):
     assert list(items["annoy_idx"]) == list(range(len(items)))
     assert emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     assert meta["dim"] == emb.shape[1] and meta["tuned_recall"] >= p.index.recall_target
-    m = json.loads((rep / "metrics.json").read_text())
+    m = json.loads((rep / "summary.json").read_text())  # every measurement and the tuned settings
     for key in ("precision_at_10_article_type", "map_at_10_article_type", "precision_at_10_subcategory",
                 "ann_recall_at_10", "duplicate_first_fraction"):
         assert m[key] is None or 0.0 <= m[key] <= 1.0, key
     assert m["ann_recall_at_10"] >= 0.9
     assert m["query_p50_ms"] > 0 and m["index_size_mb"] > 0 and m["build_s"] > 0
+    headline = json.loads((rep / "metrics.json").read_text())  # the DVC metrics: HEADLINE's names
+    assert headline == {name: pytest.approx(m[key]) for name, key in HEADLINE.items() if m[key] is not None}
+    assert headline["index/recall_at_10"] == pytest.approx(m["ann_recall_at_10"])
     with Image.open(rep / "retrieval.png") as im:
         assert im.size[0] > 400 and im.size[1] > 200
     searcher = IndexSearcher.load(out)
@@ -226,4 +231,4 @@ def test_search_cli_prints_json(tiny_pipeline, tmp_path, capsys):
     assert top["id"] == int(items["id"].iloc[3]) or top["distance"] < 1e-3
     assert top["distance"] < 1e-2 and {"productDisplayName", "articleType"} <= set(top)
     assert main(["search", str(tmp_path / "missing.jpg"), "--params", str(params_file)]) == 1
-    assert "no such image" in capsys.readouterr().err
+    assert "missing.jpg: no such file" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
 
     from fashionops.inference.preprocess import preprocess_batch
     from fashionops.models.factory import load_model
-    from fashionops.training.stage import HISTORY_COLUMNS
+    from fashionops.training.stage import HEADLINE, HISTORY_COLUMNS
 
     params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=2"])
     result = train(params)
@@ -87,8 +87,10 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
     for name in ("weights.pt", "model_spec.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert (out / name).is_file(), name
     assert not (out / "run.json").exists(), "the MLflow run is not part of the model"
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / "summary.json").read_text())
     assert metrics == {k: v for k, v in result.items() if k in metrics}
+    headline = json.loads((reports / "metrics.json").read_text())  # the DVC metrics: numbers only
+    assert headline == {name: pytest.approx(metrics[key]) for name, key in HEADLINE.items()}
     assert metrics["epochs_run"] == 2
     for key in ("best_val_macro_f1", "best_val_acc", "best_val_loss", "seconds", "images_per_s"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
@@ -129,13 +131,14 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
     assert run.data.params["train.backbone"] == "small_cnn"
     assert run.data.params["train.epochs"] == "2"
     assert set(params.flat()) <= set(run.data.params)
-    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == 2
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
-    assert run.data.metrics["best_val_macro_f1"] == pytest.approx(metrics["best_val_macro_f1"])
+    assert len(client.get_metric_history(run.info.run_id, "val/macro_f1")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+    assert run.data.metrics["train/best_val_macro_f1"] == pytest.approx(metrics["best_val_macro_f1"])
     assert run.data.tags["version.torch"] == torch.__version__ and run.data.tags["device"] == metrics["device"]
     artifacts = {a.path for d in ("", "model", "checkpoints", "train")
                  for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"model/labels.json", "checkpoints/best.ckpt", "train/metrics.json", "train/history.csv"} <= artifacts
+    assert {"model/labels.json", "checkpoints/best.ckpt", "train/metrics.json", "train/summary.json",
+            "train/history.csv"} <= artifacts
 
     # resuming with params that change the run is refused with the keys named
     from fashionops.errors import FashionOpsError
@@ -211,7 +214,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
     client = MlflowClient(tracking_uri(params.tracking))
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags.get("resumed") == "true"
-    history = client.get_metric_history(run_id, "val_macro_f1")
+    history = client.get_metric_history(run_id, "val/macro_f1")
     assert len(history) == 2, "each epoch logged once across the kill and the resume"
 
 
@@ -365,7 +368,7 @@ def test_gpu_profile_runs_the_train_stage_on_the_cpu(tmp_path, prepared, mlflow_
     assert (params.train.precision, params.train.input_height, params.train.freeze_groups) == ("bf16-mixed", 224, 0)
     result = train(params)
     assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
-    report = json.loads((tmp_path / "reports/train/metrics.json").read_text())
+    report = json.loads((tmp_path / "reports/train/summary.json").read_text())
     assert report["precision"] == "bf16-mixed"  # what the Trainer ran with, not just the setting
     spec = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())
     assert (spec["input_height"], spec["input_width"]) == (224, 168)

@@ -284,7 +284,7 @@ def test_training_flow_end_to_end(trained_workspace):
     assert (str(cls.version), str(idx.version)) == (register["classifier"]["version"], register["index"]["version"])
     assert idx.tags["classifier_version"] == str(cls.version)
     assert {"name": "fashion-classifier", "version": str(cls.version)} in summary["registered"]
-    assert summary["metrics"] and "test_macro_f1" in summary["metrics"]
+    assert summary["metrics"] and "test/macro_f1" in summary["metrics"]
     # Prefect artifacts of this flow run
     arts = _flow_artifacts(summary["flow_run_id"])
     assert {"validation-summary", "evaluation-metrics", "per-class-metrics", "mlflow-run",

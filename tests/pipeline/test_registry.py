@@ -2,7 +2,7 @@
 re-scoring on another split, manual promote/rollback, index refresh, pull and the deploy job.
 
 Candidates differ only by their metrics file (a COPY of the evaluate stage's metrics.json with
-another ``test_macro_f1``). The registered-model names are this module's own, so other tests
+another ``test/macro_f1``). The registered-model names are this module's own, so other tests
 sharing the tiny pipeline's MLflow store are not disturbed.
 """
 
@@ -33,7 +33,7 @@ class Injected(RuntimeError):
 def make_params(tiny_pipeline, tmp_path_factory):
     """``make_params(macro_f1=None)``: the tiny pipeline's params with this module's model names,
     its own reports folder (links to the pipeline's reports and MLflow run file, its own
-    register/result.json), and (if given) a metrics copy whose test_macro_f1 is replaced."""
+    register/result.json), and (if given) a metrics copy whose test/macro_f1 is replaced."""
     tmp = tmp_path_factory.mktemp("registry")
     pipeline_reports = Path(tiny_pipeline.paths.reports_dir)
     base = json.loads((pipeline_reports / "evaluate" / "metrics.json").read_text())
@@ -49,7 +49,7 @@ def make_params(tiny_pipeline, tmp_path_factory):
                 (reports / sub.name).symlink_to(sub, target_is_directory=True)
         p.paths.reports_dir = str(reports)
         if macro_f1 is not None:
-            metrics = dict(base, test_macro_f1=macro_f1)
+            metrics = {**base, "test/macro_f1": macro_f1}
             (tmp / f"metrics-{n}.json").write_text(json.dumps(metrics))
             p.register.metrics_path = str(tmp / f"metrics-{n}.json")
         return p
@@ -76,7 +76,7 @@ def aliases(params):
 @pytest.fixture(scope="module")
 def registered(make_params):
     """Three candidates in order: A (the real metric), B (better by 0.1), C (between A and B)."""
-    m0 = make_params.base["test_macro_f1"]
+    m0 = make_params.base["test/macro_f1"]
     results = {}
     for key, value in (("A", None), ("B", m0 + 0.1), ("C", m0 + 0.05)):
         results[key] = register(make_params(value))
@@ -97,8 +97,8 @@ def test_better_candidate_moves_champion_on_both(registered, make_params):
     a, b = registered["A"], registered["B"]
     assert a["decision"] == "promoted" and a["champion_metric"] is None
     assert b["decision"] == "promoted"
-    assert b["candidate_metric"] == pytest.approx(make_params.base["test_macro_f1"] + 0.1)
-    assert b["champion_metric"] == pytest.approx(make_params.base["test_macro_f1"])
+    assert b["candidate_metric"] == pytest.approx(make_params.base["test/macro_f1"] + 0.1)
+    assert b["champion_metric"] == pytest.approx(make_params.base["test/macro_f1"])
     assert b["champion_rescored"] is False
     # The result file is the returned dict.
     saved = json.loads(_result_path(b, make_params).read_text())
@@ -109,7 +109,7 @@ def test_better_candidate_moves_champion_on_both(registered, make_params):
     idx_mv = client.get_model_version(IDX, b["index"]["version"])
     assert cls_mv.tags["paired_index_version"] == b["index"]["version"]
     assert idx_mv.tags["classifier_version"] == b["classifier"]["version"]
-    assert float(cls_mv.tags["metric.test_macro_f1"]) == pytest.approx(b["candidate_metric"])
+    assert float(cls_mv.tags["metric.test/macro_f1"]) == pytest.approx(b["candidate_metric"])
     assert cls_mv.tags["split_fingerprint"] == b["split_fingerprint"]
     assert cls_mv.run_id == b["run_id"] == idx_mv.run_id
     # The pipeline run (reopened from paths.run_file) carries the model card and the evaluate reports.
@@ -118,7 +118,7 @@ def test_better_candidate_moves_champion_on_both(registered, make_params):
     artifacts = {f.path for f in client.list_artifacts(b["run_id"])}
     assert "model_card.md" in artifacts and "evaluate" in artifacts
     run = client.get_run(b["run_id"])
-    assert "test_macro_f1" in run.data.metrics and "train.epochs" in run.data.params
+    assert "test/macro_f1" in run.data.metrics and "train.epochs" in run.data.params
     # The card describes the training that made the weights (its spec and its run's params).
     card = Path(client.download_artifacts(b["run_id"], "model_card.md", str(make_params.tmp))).read_text()
     spec = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())
@@ -155,7 +155,7 @@ def test_failure_after_registration_leaves_aliases_unchanged(registered, make_pa
 
     fail_at = {"after-registration": "registered", "between-champion-aliases": f"alias:{IDX}@champion"}[where]
 
-    params = make_params(make_params.base["test_macro_f1"] + 0.5)
+    params = make_params(make_params.base["test/macro_f1"] + 0.5)
     before = aliases(params)
     steps = []
 
@@ -189,7 +189,7 @@ def test_champion_rescored_when_its_split_differs(registered, make_params):
     assert res["champion_rescored"] is True
     # B holds the tiny pipeline's own weights, so re-scoring reproduces evaluate's real number,
     # not the +0.1 written into B's metrics copy.
-    assert res["champion_metric"] == pytest.approx(make_params.base["test_macro_f1"], abs=1e-9)
+    assert res["champion_metric"] == pytest.approx(make_params.base["test/macro_f1"], abs=1e-9)
     assert res["decision"] == "challenger"
     assert res["aliases"]["champion"] == _pair(registered["B"])
 
@@ -264,8 +264,8 @@ def test_pull_predict_and_deploy_smoke_in_fresh_process(registered, make_params,
     assert [ln["file"] for ln in lines] == [images[0], str(bad), images[1]]
     assert "not an image" in lines[1]["error"]
     for ln in (lines[0], lines[2]):
-        assert ln["label"] in classes and len(ln["top_k"]) == 2
-        assert ln["top_k"][0]["label"] == ln["label"]
+        assert ln["label"] in classes and len(ln["top_labels"]) == len(ln["top_probabilities"]) == 2
+        assert ln["top_labels"][0] == ln["label"]
     json.dumps(lines)  # JSON-able
 
     # The deploy job: a fresh process that only knows the tracking URI.

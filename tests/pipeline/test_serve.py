@@ -89,21 +89,21 @@ def test_classify_upload(client, serve_params, items, spec):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["label"] in spec.classes
-    probs = [t["probability"] for t in body["top"]]
-    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
-    assert body["top"][0]["label"] == body["label"] and body["probability"] == probs[0]
+    probs = body["top_probabilities"]
+    assert len(probs) == len(body["top_labels"]) == 3 and probs == sorted(probs, reverse=True)
+    assert body["top_labels"][0] == body["label"] and body["probability"] == probs[0]
     assert 0 < sum(probs) <= 1 + 1e-6
     assert body["model"]["source"] == "local" and body["model"]["version"] == "local"
     # deterministic: the same photo gives the same answer
-    again = client.post("/classify", data={"k": "3"}, files=_upload(_image_file(serve_params, item_id))).json()
-    assert again["top"] == body["top"]
+    again = client.post("/classify", data={"top_k": "3"}, files=_upload(_image_file(serve_params, item_id))).json()
+    assert (again["top_labels"], again["top_probabilities"]) == (body["top_labels"], body["top_probabilities"])
 
 
 def test_classify_all_classes_sum_to_one(client, serve_params, items, spec):
     n = len(spec.classes)
     r = client.post(f"/classify?k={n}", files=_upload(_image_file(serve_params, int(items["id"].iloc[1]))))
     assert r.status_code == 200
-    assert abs(sum(t["probability"] for t in r.json()["top"]) - 1.0) < 1e-4
+    assert abs(sum(r.json()["top_probabilities"]) - 1.0) < 1e-4
 
 
 def test_search_by_upload_finds_the_item_itself(client, serve_params, items):
@@ -236,13 +236,13 @@ def test_request_errors_keep_their_messages(client, serve_params, items):
 def test_responses_hold_exactly_the_keys_they_always_held(client, serve_params, items):
     photo = _upload(_image_file(serve_params, int(items["id"].iloc[0])))
     body = client.post("/classify", files=photo).json()
-    assert set(body) == {"label", "probability", "top", "model"}
+    assert set(body) == {"label", "probability", "top_labels", "top_probabilities", "model"}
     assert set(body["model"]) == {"name", "version", "alias", "source"}  # no filesystem path
     found = client.post("/search", files=photo).json()
     assert set(found) == {"query", "results", "model"}
     assert found["query"] == {"type": "upload", "filename": f"{int(items['id'].iloc[0])}.jpg"}
-    assert set(found["results"][0]) == {"id", "name", "masterCategory", "subCategory", "articleType",
-                                        "image_url", "item_url", "distance"}
+    assert set(found["results"][0]) == {"id", "name", "masterCategory", "subCategory", "articleType", "gender",
+                                        "baseColour", "year", "image_url", "item_url", "distance"}
     assert {"name", "version", "alias", "source", "dim", "metric"} <= set(found["model"])
     assert "path" not in found["model"]
     by_id = client.post("/search", json={"item_id": int(items["id"].iloc[0])}).json()
@@ -320,26 +320,28 @@ def test_openapi_is_generated_from_the_request_and_response_models(client):
     spec = client.get("/openapi.json").json()
     classify = spec["paths"]["/classify"]["post"]
     form = _schema(spec, classify["requestBody"]["content"]["multipart/form-data"]["schema"])
-    assert set(form["properties"]) == {"file", "k"} and form["required"] == ["file"]
+    assert set(form["properties"]) == {"file", "top_k", "k"} and form["required"] == ["file"]
     assert _types(spec, form["properties"]["file"]) == {"string"}
-    k = next(t for t in form["properties"]["k"]["anyOf"] if t.get("type") == "integer")
+    k = next(t for t in form["properties"]["top_k"]["anyOf"] if t.get("type") == "integer")
     assert (k["minimum"], k["maximum"]) == (1, 50)
-    assert {p["name"] for p in classify["parameters"] if p["in"] == "query"} == {"k"}
+    assert form["properties"]["k"].get("deprecated") is True  # the old name, still accepted
+    assert {p["name"] for p in classify["parameters"] if p["in"] == "query"} == {"top_k", "k"}
 
     search = spec["paths"]["/search"]["post"]
     content = search["requestBody"]["content"]
     upload = _schema(spec, content["multipart/form-data"]["schema"])
-    assert set(upload["properties"]) == {"file", "item_id", "k"} and "required" not in upload
+    assert set(upload["properties"]) == {"file", "item_id", "top_k", "k"} and "required" not in upload
     by_item = _schema(spec, content["application/json"]["schema"])
-    assert set(by_item["properties"]) == {"item_id", "k"}
+    assert set(by_item["properties"]) == {"item_id", "top_k", "k"}
     assert "integer" in _types(spec, by_item["properties"]["item_id"])
-    assert {p["name"] for p in search["parameters"] if p["in"] == "query"} == {"k", "item_id"}
+    assert {p["name"] for p in search["parameters"] if p["in"] == "query"} == {"top_k", "k", "item_id"}
 
     def response(op: dict, code: str) -> dict:
         return _schema(spec, op["responses"][code]["content"]["application/json"]["schema"])
 
     assert response(classify, "200")["title"] == "ClassifyResponse"
-    assert {"label", "probability", "top", "model"} <= set(response(classify, "200")["properties"])
+    assert {"label", "probability", "top_labels", "top_probabilities", "model"} <= set(
+        response(classify, "200")["properties"])
     assert response(search, "200")["title"] == "SearchResponse"
     hit = _schema(spec, response(search, "200")["properties"]["results"]["items"])
     assert {"id", "name", "articleType", "image_url", "distance"} <= set(hit["properties"])

@@ -240,6 +240,8 @@ def test_upload_a_photo_shows_prediction_and_similar_items(live, browser, shots)
     assert browser.eval("document.getElementById('pred-label').textContent") == pred["label"]
     prob = browser.eval("document.getElementById('pred-prob').textContent")
     assert prob.startswith(f"{100 * pred['probability']:.1f}%"), prob
+    top = browser.eval("[...document.getElementById('pred-top').children].map((li) => li.textContent)")
+    assert [t.rsplit(" ", 1)[0] for t in top] == pred["top_labels"]  # the API's top_labels / top_probabilities
     # The photo is a catalogue image: it (or a byte-identical copy) is the first result.
     sha = items.set_index("id").loc[item_id, "sha256"]
     same = set(items.loc[items["sha256"] == sha, "id"].astype(int))

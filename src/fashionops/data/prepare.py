@@ -5,7 +5,9 @@ Reads the catalogue in ``paths.raw_dir``. Outputs (``paths.prepared_dir``, writt
 temporary directory and renamed at the end): ``images.npy`` (uint8 (N, H, W, 3),
 memory-mappable), ``index.parquet`` (row, id, label, label_idx, split, sha256, source_id,
 is_copy), ``labels.json`` and ``class_weights.json``; plus ``<paths.reports_dir>/prepare/summary.json``
-(counts, dropped classes, duplicate groups, speed).
+(counts, per-class counts, dropped classes, duplicate groups, settings, speed) and ``metrics.json``
+beside it (the DVC metrics file, same names in MLflow: :func:`headline_metrics`, ``data/images``,
+``data/classes``, ...).
 """
 
 from __future__ import annotations
@@ -228,6 +230,19 @@ def report_path(paths: PathsConfig) -> Path:
     return paths.reports("prepare") / "summary.json"
 
 
+def headline_metrics(summary: dict[str, Any]) -> dict[str, int]:
+    """``metrics.json``: what the model is trained and tested on (distinct images, classes, the
+    train and test split sizes) and how many classes ``prepare.min_images_per_class`` dropped."""
+    originals = summary["split_originals"]
+    return {
+        "data/images": int(summary["n_images"]),
+        "data/classes": int(summary["n_classes"]),
+        "data/train_images": int(originals["train"]),
+        "data/test_images": int(originals["test"]),
+        "data/dropped_classes": len(summary["dropped_classes"]),
+    }
+
+
 def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
     """Run the prepare stage on ``paths.raw_dir`` into ``paths.prepared_dir``; returns the summary
     written to ``<paths.reports_dir>/prepare/summary.json``.
@@ -326,6 +341,7 @@ def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
         "out_dir": str(out_dir),
     }
     write_json(report_path(paths), summary)
+    write_json(report_path(paths).with_name("metrics.json"), headline_metrics(summary))
     return summary
 
 

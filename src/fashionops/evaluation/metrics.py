@@ -1,7 +1,8 @@
 """Classification metrics and per-class tables from true and predicted class indexes.
 
 Pure functions over numpy arrays: the evaluate stage, the registry's re-scoring and the tests
-share them. Keys carry no prefix (the stage adds ``test_``).
+share them. Keys carry no prefix: the evaluate stage names them ``test/<key>``
+(:func:`headline_name`) and declares :data:`TEST_HEADLINE` of them as DVC metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +13,37 @@ import numpy as np
 import pandas as pd
 
 from fashionops.errors import DataError
+
+# The test-split scores a reviewer compares candidates on: ``reports/evaluate/metrics.json`` (a DVC
+# metrics file, logged to MLflow under the same names) holds these as ``test/<key>``; the others
+# (weighted precision/recall, macro recall = balanced accuracy, specificity, counts) are in
+# ``summary.json``.
+TEST_HEADLINE = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "macro_precision",
+    "weighted_f1",
+    "macro_auprc",
+    "roc_auc_ovr",
+    "log_loss",
+)
+TEST_PREFIX = "test/"
+LEGACY_TEST_PREFIX = "test_"  # names before issue #19 (``test_macro_f1``): old registry tags
+
+
+def headline_name(key: str) -> str:
+    """``macro_f1`` -> ``test/macro_f1``: the name in metrics.json, MLflow and registry tags."""
+    return TEST_PREFIX + key
+
+
+def raw_metric_key(name: str) -> str:
+    """The :func:`classification_metrics` key of a test metric name, new or legacy
+    (``test/macro_f1`` and ``test_macro_f1`` -> ``macro_f1``); other names unchanged."""
+    for prefix in (TEST_PREFIX, LEGACY_TEST_PREFIX):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -145,11 +177,7 @@ def report_markdown(report: pd.DataFrame, metrics: dict[str, float], title: str 
     """The per-class table as Markdown with the headline metrics on top."""
     head = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auprc", "roc_auc_ovr", "log_loss"]
     lines = [f"# {title}", ""]
-    lines += [
-        f"- **{k}**: {metrics[f'test_{k}']:.4f}"
-        for k in head
-        if f"test_{k}" in metrics and metrics[f"test_{k}"] is not None
-    ]
+    lines += [f"- **{k}**: {metrics[headline_name(k)]:.4f}" for k in head if metrics.get(headline_name(k)) is not None]
     lines += ["", "| class | precision | recall | f1 | support | specificity |", "|---|---:|---:|---:|---:|---:|"]
     for row in report.itertuples(index=False):
         lines.append(f"| {row[0]} | {row[1]:.3f} | {row[2]:.3f} | {row[3]:.3f} | {int(row[4])} | {row[5]:.4f} |")

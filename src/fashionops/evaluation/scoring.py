@@ -8,6 +8,7 @@ model's ``classes``, and images of classes the model does not know are excluded 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ import pandas as pd
 
 from fashionops.config import TrackingConfig
 from fashionops.errors import DataError, FashionOpsError
+from fashionops.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +55,14 @@ def local_model(model_dir: str | Path, batch_size: int) -> ScoringModel:
     predictor = Predictor.from_dir(model_dir).require_classifier(str(model_dir))
 
     def predict(images: Any) -> np.ndarray:
-        return predictor.predict_proba(images, batch_size).astype(np.float64)
+        # ~10 slices of whole batches (the same batches as one call): a progress line each
+        size = batch_size * max(1, -(-len(images) // (batch_size * 10)))
+        out = []
+        with Progress(len(images), "scored", unit="images", logger=log) as progress:
+            for start in range(0, len(images), size):
+                out.append(predictor.predict_proba(images[start : start + size], batch_size).astype(np.float64))
+                progress.update(len(out[-1]))
+        return np.concatenate(out) if out else np.zeros((0, len(predictor.classes)))
 
     return ScoringModel(predictor.classes, predictor.spec.label_column, predict)
 

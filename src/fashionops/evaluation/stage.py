@@ -2,10 +2,12 @@
 
 Scores either the trained model in ``paths.classifier_dir`` (default) or any MLflow pyfunc
 classifier (``--model-uri``), on the prepared cache's test split (default) or a labelled catalogue
-(``--data``). Writes ``<reports>/evaluate/{metrics.json, per_class.csv, per_class.md,
+(``--data``). Writes ``<reports>/evaluate/{metrics.json, summary.json, per_class.csv, per_class.md,
 misclassified_pairs.csv, predictions.csv, confusion_matrix.png, per_class_f1.png,
-training_curves.png}``; metric keys are prefixed ``test_`` (the registry compares on
-``test_macro_f1``).
+training_curves.png}``. Metric names are ``test/<name>``: ``metrics.json`` (the DVC metrics file,
+logged to MLflow under the same names; the registry compares on ``test/macro_f1``) holds the
+headline scores (:data:`fashionops.evaluation.metrics.TEST_HEADLINE`), ``summary.json`` every score
+and count.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import pandas as pd
 from fashionops.atomic import write_text
 from fashionops.config import EvaluateConfig, PathsConfig, TrackingConfig
 from fashionops.evaluation.metrics import (
+    TEST_HEADLINE,
     classification_metrics,
     confusion,
+    headline_name,
     misclassified_pairs,
     per_class_report,
     present_labels,
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILES = [
     "metrics.json",
+    "summary.json",
     "per_class.csv",
     "per_class.md",
     "misclassified_pairs.csv",
@@ -47,15 +52,15 @@ REPORT_FILES = [
 def write_reports(
     scored: Scored, out_dir: str | Path, history_csv: str | Path | None, top_misclassified: int = 20
 ) -> dict[str, Any]:
-    """Every evaluate output from one scored set; returns the ``test_``-prefixed metrics."""
+    """Every evaluate output from one scored set; returns every ``test/`` score (``summary.json``)."""
     from fashionops.evaluation.plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y_true, y_pred, classes = scored.y_true, scored.y_pred, scored.classes
     raw = classification_metrics(y_true, y_pred, scored.proba, len(classes))
-    metrics: dict[str, Any] = {f"test_{k}": (None if np.isnan(v) else v) for k, v in raw.items()}
-    metrics["test_n_excluded"] = float(sum(scored.excluded.values()))
+    metrics: dict[str, Any] = {headline_name(k): (None if np.isnan(v) else v) for k, v in raw.items()}
+    metrics[headline_name("n_excluded")] = float(sum(scored.excluded.values()))
     report = per_class_report(y_true, y_pred, classes)
     pairs = misclassified_pairs(y_true, y_pred, classes, top_misclassified)
     write_text(out / "per_class.csv", report.to_csv(index=False))
@@ -76,8 +81,17 @@ def write_reports(
     plot_per_class_f1(report, out / "per_class_f1.png")
     history = pd.read_csv(history_csv) if history_csv and Path(history_csv).is_file() else None
     plot_training_curves(history, out / "training_curves.png")
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
+    write_text(out / "summary.json", json.dumps(metrics, indent=2))
+    # last: its presence means complete
+    write_text(out / "metrics.json", json.dumps(headline_metrics(metrics), indent=2))
     return metrics
+
+
+def headline_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` subset of every test score: the :data:`TEST_HEADLINE` names that have a
+    value (ROC-AUC, AUPRC and log loss need probabilities)."""
+    names = [headline_name(k) for k in TEST_HEADLINE]
+    return {name: summary[name] for name in names if summary.get(name) is not None}
 
 
 def run_evaluate(
@@ -109,9 +123,9 @@ def run_evaluate(
     metrics = write_reports(scored, out, paths.reports("train") / "history.csv", cfg.top_misclassified)
     log.info(
         "test accuracy %.4f, macro-F1 %.4f on %d images (%s)",
-        metrics["test_accuracy"],
-        metrics["test_macro_f1"],
-        int(metrics["test_n_samples"]),
+        metrics["test/accuracy"],
+        metrics["test/macro_f1"],
+        int(metrics["test/n_samples"]),
         scored.source,
     )
 
@@ -127,9 +141,10 @@ def run_evaluate(
             },
         )
     else:
-        ctx = pipeline_run(tracking, paths)
+        ctx = pipeline_run(tracking, paths, stage="evaluate", evaluate=cfg)  # other settings: another candidate run
     with ctx as run:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        # the headline names only (as in metrics.json); every score is in the summary.json artifact
+        mlflow.log_metrics({k: float(v) for k, v in headline_metrics(metrics).items()})
         for name in REPORT_FILES:
             mlflow.log_artifact(str(out / name), artifact_path="evaluate")
         run_id = run.info.run_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,34 @@ from fashionops.config import Params
 from fashionops.errors import DataError, FashionOpsError
 
 BATCH = 32
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image file to score, from the file system and its first bytes
+    (PIL reads only the header), or None. Cheap: no decode, no model."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "is a directory, not an image file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    try:
+        with Image.open(path):
+            return None
+    except UnidentifiedImageError:
+        return "not an image (PIL cannot identify the format)"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+
+
+def check_image_files(images: Iterable[str | Path]) -> None:
+    """Raise one ``DataError`` naming every input that is missing, unreadable or not an image
+    (``x.jpg: no such file``; several joined with ``; ``). Commands call it before loading a model."""
+    bad = [f"{image}: {problem}" for image in images if (problem := _file_problem(Path(image))) is not None]
+    if bad:
+        raise DataError("; ".join(bad))
 
 
 def resolve_model_uri(params: Params, model_uri: str | None = None) -> str:
@@ -56,8 +85,9 @@ def predict_images(
     params: Params, images: Iterable[str | Path], model_uri: str | None = None, k: int = 3
 ) -> Iterator[dict[str, Any]]:
     """Classify image files; yields one JSON-able dict per image, in order:
-    ``{"file", "label", "probability", "top_k": [{"label", "probability"}, ...]}``, or
-    ``{"file", "error"}`` for a file that is not a readable image (the others are still scored).
+    ``{"file", "label", "probability", "top_labels": [...], "top_probabilities": [...]}`` (the
+    pyfunc's output names, ``k`` of each), or ``{"file", "error"}`` for a file that is not a readable
+    image (the others are still scored).
     """
     from mlflow.exceptions import MlflowException
 
@@ -81,10 +111,8 @@ def predict_images(
                 "file": name,
                 "label": row["label"],
                 "probability": round(float(row["probability"]), 6),
-                "top_k": [
-                    {"label": lab, "probability": round(float(p), 6)}
-                    for lab, p in zip(row["top_labels"], row["top_probabilities"])
-                ],
+                "top_labels": list(row["top_labels"]),
+                "top_probabilities": [round(float(p), 6) for p in row["top_probabilities"]],
             }
         pending.clear()
 

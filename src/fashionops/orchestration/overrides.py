@@ -1,48 +1,133 @@
 """A run's parameters, written into the workspace's ``params.yaml``.
 
-A flow's typed parameters become ``section.key=value`` overrides (:func:`flow_overrides`),
-validated by :mod:`fashionops.config` and written into ``params.yaml`` with comments and layout
-kept (:func:`apply_overrides`, what ``dvc exp run -S`` does), so DVC sees them as changed params
-and reruns exactly the stages they affect.
+The flows' typed parameters (:data:`RUN_PARAMETERS`: each one names the ``params.yaml`` key it
+sets) become ``section.key=value`` overrides (:func:`flow_overrides`), validated by
+:mod:`fashionops.config` and written into ``params.yaml`` with comments and layout kept
+(:func:`apply_overrides`, what ``dvc exp run -S`` does), so DVC sees them as changed params and
+reruns exactly the stages they affect.
+
+The Prefect form of a deployment shows each parameter with its type, bounds and choices (config.py's
+own, :data:`Label`, :data:`Epochs`, ...) and, as its default, the value in the checkout's
+``params.yaml`` when the deployment was made (:func:`run_defaults`). A value left at a default the
+form showed is not written, so the workspace's ``params.yaml`` decides, even after it was edited
+(:func:`flow_overrides`'s ``untouched``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, get_args
 
-from fashionops.config import Params, load_params, parse_override
+import yaml
+from pydantic import BaseModel, Field
+from pydantic.fields import FieldInfo
+
+from fashionops.config import ConfigError, Params, list_presets, load_params, parse_override
+
+NO_PRESET = "none"  # the form's choice for `train.preset: null` (a form field has no null)
+ALL_IMAGES = 0  # the form's value for `data.limit: null`: the whole catalogue
+
+
+def _config_field(key: str) -> FieldInfo:
+    """config.py's field of ``section.key`` (its type, default and bounds)."""
+    section, name = key.split(".")
+    model: type[BaseModel] = Params.model_fields[section].annotation  # type: ignore[assignment]
+    return model.model_fields[name]
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    """The choices config.py allows for ``section.key`` (its Literal)."""
+    return tuple(get_args(_config_field(key).annotation))
+
+
+def _minimum(key: str) -> int:
+    """The lower bound config.py enforces on ``section.key`` (its ``Field(ge=...)``)."""
+    return next(int(m.ge) for m in _config_field(key).metadata if hasattr(m, "ge"))
+
+
+# The form's types: config.py's choices and bounds (one source of truth); plain types for mypy.
+if TYPE_CHECKING:
+    Label: TypeAlias = str
+    Balance: TypeAlias = str
+    PresetName: TypeAlias = str
+    MinImages: TypeAlias = int
+    Epochs: TypeAlias = int
+    ImageSize: TypeAlias = int
+    DataLimit: TypeAlias = int
+else:
+    Label = Literal[_choices("prepare.label")]
+    Balance = Literal[_choices("prepare.balance")]
+    PresetName = Literal[(NO_PRESET, *list_presets())]
+    MinImages = Annotated[int, Field(ge=_minimum("prepare.min_images_per_class"))]
+    Epochs = Annotated[int, Field(ge=_minimum("train.epochs"))]
+    ImageSize = Annotated[int, Field(ge=_minimum("prepare.image_height"))]
+    DataLimit = Annotated[int, Field(ge=ALL_IMAGES)]
+
+
+@dataclass(frozen=True)
+class RunParameter:
+    """A flow parameter that sets one ``params.yaml`` key."""
+
+    key: str  # section.key
+    null: Any = None  # the form's stand-in for the key's null (None: the key has no null)
+
+
+RUN_PARAMETERS: dict[str, RunParameter] = {
+    "label": RunParameter("prepare.label"),
+    "min_images_per_class": RunParameter("prepare.min_images_per_class"),
+    "backbone": RunParameter("train.backbone"),
+    "preset": RunParameter("train.preset", null=NO_PRESET),
+    "epochs": RunParameter("train.epochs"),
+    "image_height": RunParameter("prepare.image_height"),
+    "image_width": RunParameter("prepare.image_width"),
+    "balance": RunParameter("prepare.balance"),
+    "promote": RunParameter("register.promote"),
+    "data_limit": RunParameter("data.limit", null=ALL_IMAGES),
+}
+
+
+def run_defaults(params_path: str | Path) -> dict[str, Any]:
+    """The run parameters' values in ``params_path`` as the form shows them (null as
+    :data:`NO_PRESET` / :data:`ALL_IMAGES`): the flow's signature defaults. A missing file gives
+    config.py's defaults; an invalid one raises ``ConfigError``."""
+    path = Path(params_path)
+    tree: dict[str, Any] = {}
+    if path.is_file():
+        load_params(path)  # a typo or a wrong type: ConfigError naming the key
+        tree = yaml.safe_load(path.read_text()) or {}
+    # The file's own values, not its preset's: those are what an override replaces.
+    flat = Params.model_validate(tree).flat()
+    out: dict[str, Any] = {}
+    for name, parameter in RUN_PARAMETERS.items():
+        value = flat[parameter.key]
+        out[name] = parameter.null if value is None else value
+    return out
 
 
 def flow_overrides(
-    label: str | None = None,
-    min_images_per_class: int | None = None,
-    backbone: str | None = None,
-    preset: str | None = None,
-    epochs: int | None = None,
-    image_height: int | None = None,
-    image_width: int | None = None,
-    balance: str | None = None,
-    promote: bool | None = None,
-    data_limit: int | None = None,
-    extra: list[str] | None = None,
+    extra: list[str] | None = None, untouched: Sequence[Mapping[str, Any]] = (), **values: Any
 ) -> list[str]:
-    """``section.key=value`` overrides for the run parameters that are set (None: keep params.yaml)."""
-    mapping = (
-        ("prepare.label", label),
-        ("prepare.min_images_per_class", min_images_per_class),
-        ("train.backbone", backbone),
-        ("train.preset", preset),
-        ("train.epochs", epochs),
-        ("prepare.image_height", image_height),
-        ("prepare.image_width", image_width),
-        ("prepare.balance", balance),
-        ("register.promote", promote),
-        ("data.limit", data_limit),
-    )
-    out = [f"{key}={json.dumps(value)}" for key, value in mapping if value is not None]
+    """``section.key=value`` overrides for the run parameters in ``values`` (names of
+    :data:`RUN_PARAMETERS`), then ``extra``.
+
+    A value equal to its default in one of ``untouched`` (the defaults the form showed: the flow's
+    signature defaults, the deployment's recorded ones) is left out, so the workspace's
+    ``params.yaml`` keeps its value, even when it was edited after the deployment was made. Also
+    left out: None (the old "keep params.yaml").
+    """
+    out: list[str] = []
+    for name, value in values.items():
+        if name not in RUN_PARAMETERS:
+            raise ConfigError(f"unknown run parameter {name!r}; known: {', '.join(RUN_PARAMETERS)}")
+        if value is None or any(name in defaults and defaults[name] == value for defaults in untouched):
+            continue
+        parameter = RUN_PARAMETERS[name]
+        written = None if parameter.null is not None and value == parameter.null else value
+        out.append(f"{parameter.key}={json.dumps(written)}")
     return out + list(extra or [])
 
 

@@ -112,7 +112,8 @@ def _cell(value: Any) -> str:
 
 
 def metrics_table(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """``reports/evaluate/metrics.json`` as rows ``{"metric", "value"}`` (nested keys dotted)."""
+    """A metrics file (``reports/evaluate/metrics.json``: ``test/accuracy``, ...; the index's on a
+    refresh) as rows ``{"metric", "value"}``, in the file's order (nested keys dotted)."""
     return [
         {"metric": key, "value": value}
         for key, value in flatten(metrics or {}).items()

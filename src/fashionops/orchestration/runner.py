@@ -1,13 +1,17 @@
 """Run the pipeline's commands in a workspace: DVC stages, the catalogue import, experiments.
 
 Every command runs as a subprocess in the workspace (its paths, git commit and stores) with
-:func:`stage_env`; each output line goes to a ``log`` callback (a flow's run logger) as it
-arrives, and a non-zero exit raises :class:`~fashionops.orchestration.failures.StageFailed`
-with the command's own error message.
+:func:`stage_env`; its output goes to ``log`` as it arrives, one record per message at the level
+the command wrote it (:class:`~fashionops.orchestration.relay.Relay`: warnings stay warnings,
+no progress-bar frames, a JSON result on one line), and a non-zero exit raises
+:class:`~fashionops.orchestration.failures.StageFailed` with the command's own error message.
+``log`` is a logger (a flow's run logger: levels kept) or a plain ``log(text)`` callback (INFO
+and above).
 
 * :func:`run_stage` - ``dvc repro --single-item <stage>``: DVC decides whether the stage runs
   (changed deps/params), is skipped or restored from its run cache.
-* :func:`ensure_raw_data` - ``fashionops import`` (or ``dvc pull``) when the catalogue is missing.
+* :func:`ensure_raw_data` - ``dvc pull`` (when a remote holds it) or ``fashionops import`` when the
+  catalogue is missing.
 * :func:`save_experiment` - ``dvc exp save`` so a run is traceable to code, params and data.
 * :func:`push_outputs` - ``dvc push`` to ``$FASHIONOPS_DVC_REMOTE`` (the stack's ``stack`` remote)
   when it is set; :func:`ensure_raw_data` pulls from the same remote.
@@ -15,25 +19,33 @@ with the command's own error message.
 
 from __future__ import annotations
 
+import codecs
+import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fashionops.orchestration.failures import PipelineError, StageFailed, error_message
 from fashionops.orchestration.overrides import workspace_params, workspace_path
+from fashionops.orchestration.relay import Relay
 from fashionops.stages import STAGES as STAGE_TABLE
 
 STAGES: tuple[str, ...] = tuple(STAGE_TABLE)  # the DVC stages, in pipeline order
 REMOTE_ENV = "FASHIONOPS_DVC_REMOTE"  # the DVC remote a flow pulls from and pushes to
 STOP_GRACE_S = 20.0  # how long a stopped stage gets to clean up before SIGKILL
+IDLE_S = 0.3  # a command quiet this long: its pending record is logged
+# DVC's hint after every stage; the flow pushes itself (push_outputs) when a remote is named
+DVC_HINTS = ("Use `dvc push` to send your updates to remote storage.",)
 
-LogFn = Callable[[str], None]
+# A logger (levels kept) or a plain callback taking one record's text (INFO and above only).
+LogFn = Callable[[str], None] | logging.Logger | logging.LoggerAdapter[Any]
 
 
 def stage_env(flow_run_id: str | None = None, experiment: str | None = None) -> dict[str, str]:
@@ -41,6 +53,8 @@ def stage_env(flow_run_id: str | None = None, experiment: str | None = None) -> 
     ``FASHIONOPS_FLOW_RUN_ID`` and ``DVC_EXP_NAME`` so MLflow tags the run with them."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    # MLflow's download bars: frames in a log, never a live bar (the output is a pipe)
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     if flow_run_id:
@@ -53,7 +67,8 @@ def stage_env(flow_run_id: str | None = None, experiment: str | None = None) -> 
 def run_command(
     args: list[str], cwd: str | Path, env: dict[str, str] | None = None, log: LogFn | None = None
 ) -> tuple[int, list[str]]:
-    """Run ``args`` in ``cwd``; stream stdout+stderr line by line to ``log``; (exit status, lines)."""
+    """Run ``args`` in ``cwd``; relay its stdout+stderr to ``log`` as it arrives (one record per
+    message, at its level: :class:`~fashionops.orchestration.relay.Relay`); (exit status, lines)."""
     lines: list[str] = []
     proc = subprocess.Popen(
         args,
@@ -61,18 +76,20 @@ def run_command(
         env=env or stage_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        errors="replace",
         start_new_session=True,  # its own process group: stopping it reaches DVC's stage process too
     )
     assert proc.stdout is not None
+    relay = Relay(lambda level, text: emit(log, level, text))
     try:
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            if log:
-                log(line)
+        for chunk in _read_lines(proc.stdout.fileno()):
+            if chunk is None:
+                relay.idle()
+                continue
+            lines.extend(chunk.lines)
+            if log is not None:
+                relay.feed(chunk.lines, whole=chunk.whole)
+        if log is not None:
+            relay.close()
     except BaseException:
         stop_process_group(proc)
         raise
@@ -81,7 +98,47 @@ def run_command(
     return proc.wait(), lines
 
 
-def stop_process_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> None:
+class _Read(NamedTuple):
+    lines: list[str]  # the complete lines of one read
+    whole: bool  # the read ended at the end of a line (else the rest of its last line follows)
+
+
+def _read_lines(fd: int) -> Iterator[_Read | None]:
+    """The complete lines of each read of ``fd`` (``\\n``, ``\\r\\n`` or a progress bar's ``\\r``
+    end a line), or None after :data:`IDLE_S` without output; ends at end of file."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    while True:
+        ready, _, _ = select.select([fd], [], [], IDLE_S)
+        if not ready:
+            yield None
+            continue
+        data = os.read(fd, 65536)
+        text = tail + decoder.decode(data, final=not data)
+        if not data:
+            if text.strip("\r"):
+                yield _Read([text.strip("\r")], True)
+            return
+        held = text.endswith("\r")  # maybe the first half of "\r\n": decide on the next read
+        parts = re.split(r"\r\n|\r|\n", text[:-1] if held else text)
+        tail = parts.pop() + ("\r" if held else "")
+        if parts:
+            yield _Read(parts, not tail.strip("\r"))
+
+
+def emit(log: LogFn | None, level: int, text: str) -> None:
+    """One record to ``log``: a logger gets its level, a plain callback INFO and above only."""
+    if log is None:
+        return
+    if text in DVC_HINTS:
+        level = logging.DEBUG
+    if isinstance(log, (logging.Logger, logging.LoggerAdapter)):
+        log.log(level, "%s", text)
+    elif level >= logging.INFO:
+        log(text)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM ``proc``'s whole process group (DVC and the stage it runs: staging folders removed,
     worker pools stopped, the MLflow run marked KILLED), then SIGKILL whatever is left after
     ``grace_s``: no orphan keeps writing into the workspace."""
@@ -159,7 +216,12 @@ def ensure_raw_data(
     log: LogFn | None = None,
 ) -> dict[str, Any]:
     """Import the catalogue (``fashionops import``) when ``data/raw.dvc`` is missing, or when
-    ``force`` (a new ``source`` or a changed ``data.*`` param); otherwise leave it as it is."""
+    ``force`` (a new ``source`` or a changed ``data.*`` param); otherwise leave it as it is.
+
+    A fresh clone (``data/raw.dvc`` but no data) pulls the data from the DVC remote
+    (:func:`dvc_remote`); with no remote, or one that does not hold the data, it imports the
+    catalogue instead: an expected fallback, logged as one INFO line saying why (DVC's own
+    ``ERROR:`` output of the failed pull is not relayed)."""
     params = workspace_params(workspace)
     raw = workspace_path(workspace, params.paths.raw_dir)
     dvc_file = raw.with_name(raw.name + ".dvc")
@@ -167,13 +229,27 @@ def ensure_raw_data(
         if raw.exists():
             return {"imported": False, "dvc_file": str(dvc_file)}
         # A fresh clone: the .dvc file is committed but the data is not here yet; fetch it from
-        # the DVC remote, and import from a local source only if that fails.
-        pull = ["pull", *remote_args(env), str(dvc_file)]
-        code, lines = run_command(dvc_command(*pull), cwd=workspace, env=env, log=log)
-        if code == 0 and raw.exists():
-            return {"imported": False, "pulled": True, "dvc_file": str(dvc_file)}
-        if log:
-            log(f"dvc pull {dvc_file.name} failed ({error_message(lines)}); importing the catalogue instead")
+        # the DVC remote, and import from a local source if there is none or it lacks the data.
+        remote = dvc_remote(workspace, env)
+        if remote is None:
+            emit(
+                log,
+                logging.INFO,
+                f"{dvc_file.name}: data not here and no DVC remote to pull it from; importing the catalogue",
+            )
+        else:
+            pull = ["pull", "-r", remote, str(dvc_file)]
+            code, lines = run_command(dvc_command(*pull), cwd=workspace, env=env)  # its output: below
+            if code == 0 and raw.exists():
+                emit(log, logging.INFO, f"pulled {raw.name} ({dvc_file.name}) from DVC remote {remote!r}")
+                return {"imported": False, "pulled": True, "dvc_file": str(dvc_file)}
+            # expected on a first run: the remote does not hold this data (yet)
+            why = error_message(lines).rstrip(":")
+            emit(
+                log,
+                logging.INFO,
+                f"{dvc_file.name}: not pulled from DVC remote {remote!r} ({why}); importing the catalogue",
+            )
     args = fashionops_command("import", *(["--source", source] if source else []))
     code, lines = run_command(args, cwd=workspace, env=env, log=log)
     if code != 0:
@@ -186,6 +262,17 @@ def remote_args(env: dict[str, str] | None = None) -> list[str]:
     sets to ``stack``), else ``[]``: DVC's default remote."""
     name = (env if env is not None else os.environ).get(REMOTE_ENV, "").strip()
     return ["-r", name] if name else []
+
+
+def dvc_remote(workspace: str | Path, env: dict[str, str] | None = None) -> str | None:
+    """The DVC remote to pull from: ``$FASHIONOPS_DVC_REMOTE``, else the workspace's default
+    remote (``dvc remote default``), else None."""
+    named = remote_args(env)
+    if named:
+        return named[1]
+    code, lines = run_command(dvc_command("remote", "default"), cwd=workspace, env=env)
+    name = lines[-1].strip() if code == 0 and lines else ""
+    return name or None
 
 
 def push_outputs(workspace: str | Path, env: dict[str, str] | None = None, log: LogFn | None = None) -> str | None:
@@ -222,8 +309,7 @@ def save_experiment(
         args += ["-m", message]
     code, lines = run_command(dvc_command(*args), cwd=workspace, env=env, log=log)
     if code != 0:
-        if log:
-            log(f"dvc exp save failed: {error_message(lines)}")
+        emit(log, logging.WARNING, f"dvc exp save failed: {error_message(lines)}")
         return None
     return name
 

@@ -11,9 +11,7 @@ which Prefect reads once, when it is first imported.
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -29,14 +27,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from fashionops.orchestration.failures import is_transient
+from fashionops.orchestration.relay import line_level
 from fashionops.orchestration.reports import collect_reports, validation_markdown
 from fashionops.orchestration.runner import LogFn, ensure_raw_data, run_stage
 
+__all__ = ["RETRIES", "import_task", "line_level", "log_lines", "stage_task"]
+
 STAGE_RETRIES = 2
 RETRY_BACKOFF_S = 10.0
-# The level a command's output line was written at: fashionops' own log lines
-# (`12:00:01 WARNING name: ...`, fashionops.logs), DVC's `ERROR: ...`, the CLI's `error: ...`.
-_LINE_LEVEL = re.compile(r"^(?:\d\d:\d\d:\d\d )?(DEBUG|INFO|WARNING|ERROR|CRITICAL)[: ]|^(error|warning): ")
 
 
 class RetryOptions(TypedDict):
@@ -69,20 +67,12 @@ RETRIES: RetryOptions = {
 }
 
 
-def line_level(line: str) -> int:
-    """The logging level of one output line of a command (INFO when it does not say)."""
-    found = _LINE_LEVEL.match(line)
-    if not found:
-        return logging.INFO
-    level: int = logging.getLevelName((found.group(1) or found.group(2)).upper())
-    return level
-
-
 def log_lines() -> LogFn:
-    """A callback sending each output line of a command to the current run's logger, at the
-    level the line was written at (warnings and errors stand out in the Prefect UI)."""
-    logger = get_run_logger()
-    return lambda line: logger.log(line_level(line), "%s", line)
+    """Where a command's output goes: the current run's logger, each record at the level the
+    command wrote it (:mod:`fashionops.orchestration.relay`), so warnings and errors stand out
+    in the Prefect UI and progress-bar frames stay out of it."""
+    logger: LogFn = get_run_logger()
+    return logger
 
 
 @task(name="import-catalogue", **RETRIES)

@@ -27,7 +27,7 @@ from fashionops.tracking import configure, limit_http_retries, tracking_uri
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
-METRIC_TAG = "metric."
+METRIC_TAG = "metric."  # + a metrics.json name: metric.test/macro_f1
 FINGERPRINT_TAG = "split_fingerprint"
 PAIR_TAG = "paired_index_version"  # on a classifier version
 CLASSIFIER_TAG = "classifier_version"  # on an index version
@@ -42,6 +42,28 @@ class RegistryError(FashionOpsError):
 
 class AliasNotSet(RegistryError):
     """Neither model has the alias."""
+
+
+# --------------------------------------------------------------------------- metric tags
+def canonical_metric_name(name: str) -> str:
+    """A test metric named as before issue #19 (``test_macro_f1``) -> today's ``test/macro_f1``;
+    any other name unchanged (``register.selection_metric`` and old metrics files keep working)."""
+    return "test/" + name[len("test_") :] if name.startswith("test_") else name
+
+
+def legacy_metric_name(name: str) -> str:
+    """The name versions registered before issue #19 carry: ``test/macro_f1`` -> ``test_macro_f1``."""
+    return name.replace("/", "_")
+
+
+def version_metric(mv: Any, name: str) -> float | None:
+    """The version's ``metric.<name>`` tag, else its legacy tag (``metric.test_macro_f1``: a champion
+    registered before the names had ``/``); None when it has neither."""
+    for key in (name, legacy_metric_name(name)):
+        value = mv.tags.get(METRIC_TAG + key)
+        if value is not None:
+            return float(value)
+    return None
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from fashionops.atomic import staged_dir
-from fashionops.config import RegisterConfig, TrackingConfig
+from fashionops.config import RegisterConfig, TrackingConfig, did_you_mean
 from fashionops.registry.aliases import (
     METRIC_TAG,
     AliasNotSet,
@@ -32,6 +33,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where there is one: setting it to read it is racy)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _aliases(client: Any, name: str) -> list[str]:
+    """The aliases registered model ``name`` has (none when it does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.get_registered_model(name).aliases)
+    except MlflowException:
+        return []
+
+
 def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | Path) -> dict[str, Any]:
     """Download both models of ``alias`` into ``dest/classifier`` and ``dest/visual_search``
     with ``dest/manifest.json`` (versions, run ids, metrics, sha256 of every file).
@@ -39,7 +63,7 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
     Both aliases are resolved to versions first and checked to be a pair
     (:func:`~fashionops.registry.aliases.resolve_pair`: an unpaired alias is refused), so a
     promotion during the download cannot mix two pairs. ``dest`` must be absent, empty, or an earlier pull
-    (replaced). Returns the manifest.
+    (replaced); it gets the mode any new folder gets (``0777 & ~umask``). Returns the manifest.
     """
     import mlflow
 
@@ -50,6 +74,7 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
     except AliasNotSet:
         raise AliasNotSet(
             f"no @{alias} on {cfg.classifier_name} and {cfg.index_name} in {tracking_uri(tracking)}"
+            + did_you_mean(alias, _aliases(client, cfg.classifier_name))
         ) from None
     entries: dict[str, Any] = {}
     for role, name, version in zip(("classifier", "index"), (cfg.classifier_name, cfg.index_name), versions):
@@ -80,6 +105,8 @@ def pull(cfg: RegisterConfig, tracking: TrackingConfig, alias: str, dest: str | 
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        # the staging folder is a mkdtemp (0700): give the pull the mode any new folder gets
+        staging.chmod(0o777 & ~current_umask())
     return manifest
 
 

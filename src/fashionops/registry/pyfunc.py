@@ -14,6 +14,11 @@ the full softmax vector in the order of the model metadata ``classes``). Param `
 Output of ``fashion-visual-search`` (one row per image): ``ids``, ``names``, ``article_types``,
 ``master_categories``, ``sub_categories`` (lists, nearest first) and ``distances``. Param ``k`` (5).
 
+``predict`` is typed ``model_input: pd.DataFrame`` (the signature's input; a list or array passed
+to it directly still works). MLflow 3 reads these hints: a DataFrame hint means "the signature
+given at log time decides" (no schema is inferred from it, no input is converted), and with no
+hint at all it warned "Add type hints to the `predict` method" on every load.
+
 Bad input (not an image, truncated, wrong array shape or dtype, empty batch, unknown column)
 raises :class:`ModelInputError`: an ``MlflowException`` (HTTP 400 in MLflow serving) and a
 ``ValueError`` whose message names the row and what is wrong.
@@ -173,7 +178,8 @@ class ClassifierModel(PythonModel):
         self.predictor = Predictor.from_dir(context.artifacts[CLASSIFIER_ARTIFACT])
         self.classes: list[str] = self.predictor.classes
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """One row per image: label, probability, top-k lists, the full vector (param ``top_k``)."""
         top_k = _int_param(params, "top_k", 3, len(self.classes))
         p = self.predictor.predict_proba(decode_images(model_input), BATCH_SIZE).astype(np.float64)
         order = self.predictor.top_k(p, top_k)
@@ -198,7 +204,8 @@ class VisualSearchModel(PythonModel):
         self.predictor = Predictor.from_dir(context.artifacts[EMBEDDER_ARTIFACT])
         self.searcher = IndexSearcher.load(context.artifacts[INDEX_ARTIFACT])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """One row per image: the ``k`` nearest catalogue items, nearest first (param ``k``)."""
         k = _int_param(params, "k", 5, 1000)
         hits = self.searcher.search_images(self.predictor, decode_images(model_input), k)
         cols = {

@@ -2,8 +2,10 @@
 pair if it beats the champion (see :mod:`fashionops.registry.aliases` for the pair rules).
 
 Both models are custom pyfuncs (:mod:`fashionops.registry.pyfunc`). Model-version tags:
-``split_fingerprint`` (hash of the test split's ids and labels), one ``metric.<name>`` per evaluate
-metric, ``classifier_version`` / ``paired_index_version``.
+``split_fingerprint`` (hash of the test split's ids and labels), one ``metric.<name>`` per metric of
+the evaluate stage's ``metrics.json`` (``metric.test/macro_f1``; versions registered before these
+names had ``/`` carry ``metric.test_macro_f1``, read as the same metric), ``classifier_version`` /
+``paired_index_version``.
 
 :func:`run_register` takes the ``register``, ``paths`` and ``tracking`` sections: it reads the
 model, the index, the prepared test split, the evaluate/index/validation reports and the pipeline
@@ -35,12 +37,15 @@ from fashionops.registry.aliases import (
     alias_state,
     alias_version,
     call_hook,
+    canonical_metric_name,
     model_version,
     now,
     registry_client,
     swap_moves,
+    version_metric,
 )
 from fashionops.registry.transaction import RegistryTransaction
+from fashionops.run_lineage import candidate_settings
 from fashionops.tracking import (
     configure,
     log_artifacts_if_present,
@@ -55,9 +60,10 @@ from fashionops.tracking import (
 
 # --------------------------------------------------------------------------- metrics and split
 def higher_is_better(metric: str) -> bool:
-    """Losses and errors are minimised; everything else (F1, accuracy, recall, ...) maximised."""
+    """Losses, errors, times and sizes are minimised; everything else (F1, accuracy, recall, ...)
+    maximised."""
     m = metric.lower()
-    return not any(word in m for word in ("loss", "error", "latency", "mse", "mae"))
+    return not any(word in m for word in ("loss", "error", "latency", "mse", "mae", "_ms", "seconds", "_mb"))
 
 
 def _is_better(candidate: float, champion: float, metric: str, min_delta: float) -> bool:
@@ -72,11 +78,17 @@ def metrics_path(cfg: RegisterConfig, paths: PathsConfig) -> Path:
 
 
 def read_metrics(path: str | Path) -> dict[str, float]:
+    """The numeric top-level values of a metrics file, legacy names (``test_macro_f1``) as today's
+    (``test/macro_f1``)."""
     path = Path(path)
     if not path.is_file():
         raise RegistryError(f"{path} not found; run `fashionops evaluate` first")
     data = json.loads(path.read_text())
-    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        canonical_metric_name(k): float(v)
+        for k, v in data.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _test_split(paths: PathsConfig) -> Any:
@@ -109,10 +121,10 @@ def score_model(paths: PathsConfig, model_uri: str, metric: str) -> float:
     import mlflow
     import numpy as np
 
-    from fashionops.evaluation.metrics import classification_metrics
+    from fashionops.evaluation.metrics import classification_metrics, headline_name, raw_metric_key
     from fashionops.registry.pyfunc import images_frame
 
-    name = metric[len("test_") :] if metric.startswith("test_") else metric
+    name = raw_metric_key(metric)
     test = _test_split(paths)
     images = np.load(Path(paths.prepared_dir) / "images.npy", mmap_mode="r")
     model = mlflow.pyfunc.load_model(model_uri)
@@ -132,27 +144,26 @@ def score_model(paths: PathsConfig, model_uri: str, metric: str) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise RegistryError(
             f"register.selection_metric {metric!r}: cannot re-score the champion on a new split "
-            f"(re-scorable: {', '.join('test_' + k for k in sorted(scores))})"
+            f"(re-scorable: {', '.join(headline_name(k) for k in sorted(scores))})"
         )
     return float(value)
-
-
-def _version_metric(mv: Any, metric: str) -> float | None:
-    value = mv.tags.get(METRIC_TAG + metric)
-    return float(value) if value is not None else None
 
 
 # --------------------------------------------------------------------------- register stage
 def _log_pipeline_artifacts(
     cfg: RegisterConfig, paths: PathsConfig, run_config: dict[str, Any], metrics: dict[str, float], fingerprint: str
-) -> None:
-    """Params, metrics, reports and the model card into the (reopened) pipeline run."""
+) -> str:
+    """Params, metrics, reports and the model card into the pipeline run; returns the card (the
+    registered versions' description)."""
     import mlflow
 
     log_params_flat(run_config)
     if metrics:
         mlflow.log_metrics(metrics)
-    log_metrics_file(paths.reports("index") / "metrics.json")
+    # the other stages' headline metrics under their metrics.json names (train logs its own);
+    # a name the run already has is only logged again with the same value
+    for report in (paths.reports("validation"), paths.reports("prepare"), paths.reports("index")):
+        log_metrics_file(report / "metrics.json")
     val = paths.reports("validation")
     log_artifacts_if_present([val / "summary.json", val / "data_docs"], "validation")
     ev = paths.reports("evaluate")
@@ -174,6 +185,7 @@ def _log_pipeline_artifacts(
         {"split_fingerprint": fingerprint},
     )
     mlflow.log_text(card, "model_card.md")
+    return card
 
 
 def run_register(
@@ -214,7 +226,7 @@ def run_register(
                 "tracking": tracking.model_dump(),
             }
         )
-    metric = cfg.selection_metric
+    metric = canonical_metric_name(cfg.selection_metric)
     metrics = read_metrics(metrics_path(cfg, paths))
     if metric not in metrics:
         raise RegistryError(
@@ -224,8 +236,9 @@ def run_register(
     fingerprint = split_fingerprint(paths)
     client = registry_client(tracking)
 
-    with pipeline_run(tracking, paths) as run:
-        _log_pipeline_artifacts(cfg, paths, run_config, metrics, fingerprint)
+    # this execution's run: train's, or its own candidate run when it evaluated/indexed otherwise
+    with pipeline_run(tracking, paths, stage="register", settings=candidate_settings(run_config)) as run:
+        card = _log_pipeline_artifacts(cfg, paths, run_config, metrics, fingerprint)
         cls_info = log_classifier(paths.classifier_dir, "classifier")
         idx_info = log_visual_search(paths.index_dir, embedder_dir or paths.classifier_dir, "visual_search")
         run_id = run.info.run_id
@@ -240,11 +253,14 @@ def run_register(
     cls_mv = mlflow.register_model(
         cls_info.model_uri, cfg.classifier_name, tags={**common, **{METRIC_TAG + k: str(v) for k, v in metrics.items()}}
     )
+    client.update_model_version(cfg.classifier_name, str(cls_mv.version), description=card)  # the registry page
     call_hook(on_step, "registered-classifier")  # a classifier version without its index (test hook)
     idx_mv = mlflow.register_model(
         idx_info.model_uri, cfg.index_name, tags={**common, CLASSIFIER_TAG: str(cls_mv.version)}
     )
     cv, iv = str(cls_mv.version), str(idx_mv.version)
+    index_card = f"Visual search over the catalogue, paired with {cfg.classifier_name} v{cv}, whose card follows.\n\n"
+    client.update_model_version(cfg.index_name, iv, description=index_card + card)
     try:
         client.set_model_version_tag(cfg.classifier_name, cv, PAIR_TAG, iv)
         call_hook(on_step, "registered")
@@ -256,7 +272,7 @@ def run_register(
             rescored = False
             if champ_c is not None:
                 champ_mv = model_version(client, cfg.classifier_name, champ_c)
-                champion_value = _version_metric(champ_mv, metric)
+                champion_value = version_metric(champ_mv, metric)
                 if champion_value is None or champ_mv.tags.get(FINGERPRINT_TAG) != fingerprint:
                     champion_value = score_model(paths, f"models:/{cfg.classifier_name}/{champ_c}", metric)
                     rescored = True

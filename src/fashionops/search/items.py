@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import torch
 from fashionops.environ import usable_cores
 from fashionops.errors import DataError
 from fashionops.inference.predictor import Encoded, Predictor
+from fashionops.progress import Progress
 from fashionops.search.store import ITEM_COLUMNS, RESULT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def catalogue_items(raw_dir: str | Path) -> pd.DataFrame:
     if cat.empty:
         raise DataError(f"{raw_dir}: the catalogue is empty")
     cat = cat.sort_values("id", kind="stable").reset_index(drop=True)
-    for col in RESULT_COLUMNS:
-        if col not in cat:
+    for col in [*RESULT_COLUMNS, *ITEM_COLUMNS]:  # gender/baseColour/year too: what an API item shows
+        if col not in cat and col != "sha256":  # sha256: computed from the file when embedded
             cat[col] = None
     return cat
 
@@ -97,16 +97,15 @@ def embed_catalogue(
     chunks: list[Encoded] = []
     shas: list[str] = []
     n_cached = 0
-    t0 = time.perf_counter()
-    next_log = 0.1
     workers = 1 if predictor.device.type != "cpu" else (threads or usable_cores())
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode") as encoders,
         _torch_threads(1 if workers > 1 else None),
+        Progress(len(files), "embedded", unit="images", logger=log) as progress,  # a bar, or a line per 10%
     ):
         pending = pool.submit(load_item_pixels, files[:chunk], predictor, pixels) if starts else None
-        for i, start in enumerate(starts):
+        for i in range(len(starts)):
             assert pending is not None
             images, chunk_shas, cached = pending.result()
             nxt = starts[i + 1] if i + 1 < len(starts) else None
@@ -118,11 +117,7 @@ def embed_catalogue(
             )
             shas.extend(chunk_shas)
             n_cached += cached
-            done = start + len(images)
-            if done / len(files) >= next_log or done == len(files):
-                rate = done / max(time.perf_counter() - t0, 1e-9)
-                log.info("embedded %d/%d images (%.0f images/s)", done, len(files), rate)
-                next_log = done / len(files) + 0.1
+            progress.update(len(images))
     log.info("%d of %d images taken from the prepared cache, %d decoded", n_cached, len(files), len(files) - n_cached)
     items = cat.copy()
     items["sha256"] = shas

@@ -2,8 +2,12 @@
 ``fashionops search`` command over the result.
 
 Writes ``paths.index_dir`` (see :mod:`fashionops.search.store`) and
-``paths.reports("index")/{metrics.json,retrieval.png}``, and logs both to the pipeline's MLflow run.
-Recall is measured against exact brute-force search in the index's space with tie tolerance.
+``paths.reports("index")/{metrics.json,summary.json,retrieval.png}``, and logs them to the
+pipeline's MLflow run. ``metrics.json`` (the DVC metrics file; the same names in MLflow) holds the
+headline scalars of :data:`HEADLINE` (``retrieval/p_at_5``, ``index/recall_at_10``, ...);
+``summary.json`` every measurement and the settings the tuner chose (``n_trees``, ``search_k``,
+dims, ...), which are not metrics. Recall is measured against exact brute-force search in the
+index's space with tie tolerance.
 """
 
 from __future__ import annotations
@@ -33,6 +37,35 @@ from fashionops.search.vectors import check_vectors, fit_projection
 log = logging.getLogger(__name__)
 
 EMBEDDING_MODEL_KEYS = ("task", "backbone", "label_column", "input_height", "input_width", "embedding_dim")
+
+# metrics.json name -> summary.json key. Retrieval: same-article-type results of the test-split
+# queries (re-ranked as served), and what re-ranking and the coarser subcategory give; index: the
+# ANN's recall against exact search (in the projected space, and against the raw embeddings), its
+# latency, size and build time. Settings (n_trees, search_k, recall_target, dims) stay in summary.json.
+HEADLINE = {
+    "retrieval/p_at_5": "precision_at_5_article_type",
+    "retrieval/p_at_10": "precision_at_10_article_type",
+    "retrieval/map_at_10": "map_at_10_article_type",
+    "retrieval/p_at_5_subcategory": "precision_at_5_subcategory",
+    "retrieval/p_at_5_no_rerank": "precision_at_5_article_type_no_rerank",
+    "retrieval/duplicates_first": "duplicate_first_fraction",
+    "index/recall_at_10": "ann_recall_at_10",
+    "index/recall_at_10_unprojected": "recall_at_10_vs_unprojected_exact",
+    "index/query_p50_ms": "query_p50_ms",
+    "index/query_p99_ms": "query_p99_ms",
+    "index/items": "n_items",
+    "index/size_mb": "index_size_mb",
+    "index/seconds": "total_s",
+}
+
+
+def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The ``metrics.json`` content: :data:`HEADLINE` names of the summary values that were measured
+    (the item count as an integer)."""
+    out = {name: float(summary[key]) for name, key in HEADLINE.items() if summary.get(key) is not None}
+    if "index/items" in out:
+        out["index/items"] = int(out["index/items"])
+    return out
 
 
 def embedder_dir(cfg: IndexConfig, paths: PathsConfig) -> Path:
@@ -72,7 +105,7 @@ def run_index(cfg: IndexConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     """Embed every catalogue item, build the tuned ANN index, measure it, log it to MLflow.
 
     ``label`` (``prepare.label``) is the re-ranking label column when the embedder's spec names none.
-    Returns ``{"index_dir", "metrics"}``.
+    Returns ``{"index_dir", "metrics", "headline"}``: ``summary.json``'s and ``metrics.json``'s content.
     """
     t_start = time.perf_counter()
     ann, structure, max_structure = configured_backend(cfg)
@@ -201,15 +234,18 @@ def run_index(cfg: IndexConfig, paths: PathsConfig, tracking: TrackingConfig, *,
     )
     metrics["total_s"] = time.perf_counter() - t_start
     metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
-    write_json(report_dir / "metrics.json", metrics, default=json_default)
-    _log_to_mlflow(tracking, paths, metrics, [picture, report_dir / "metrics.json", out_dir / META_FILE])
+    write_json(report_dir / "summary.json", metrics, default=json_default)
+    headline = headline_metrics(metrics)
+    write_json(report_dir / "metrics.json", headline)
+    reports = [picture, report_dir / "metrics.json", report_dir / "summary.json", out_dir / META_FILE]
+    _log_to_mlflow(tracking, paths, headline, reports, cfg)
     log.info(
         "index: precision@10 (article type) %s, ANN recall@10 %.4f, query p50 %.2f ms",
         metrics.get("precision_at_10_article_type"),
         metrics["ann_recall_at_10"],
         metrics["query_p50_ms"],
     )
-    return {"index_dir": str(out_dir), "metrics": metrics}
+    return {"index_dir": str(out_dir), "metrics": metrics, "headline": headline}
 
 
 def _ann_recall(
@@ -276,14 +312,17 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _log_to_mlflow(tracking: TrackingConfig, paths: PathsConfig, metrics: dict[str, Any], files: list[Path]) -> None:
-    """Metrics as ``index_<name>`` and the report files under ``index/`` in the pipeline's run."""
+def _log_to_mlflow(
+    tracking: TrackingConfig, paths: PathsConfig, headline: dict[str, float], files: list[Path], cfg: IndexConfig
+) -> None:
+    """The headline metrics (``metrics.json``'s names) and the report files under ``index/`` in the
+    pipeline's run; settings are in the ``summary.json`` and ``index_meta.json`` artifacts."""
     import mlflow
 
     from fashionops.tracking import pipeline_run
 
-    with pipeline_run(tracking, paths):
-        mlflow.log_metrics({f"index_{k}": float(v) for k, v in metrics.items() if v is not None})
+    with pipeline_run(tracking, paths, stage="index", index=cfg):  # other index settings: another candidate run
+        mlflow.log_metrics(headline)
         for f in files:
             mlflow.log_artifact(str(f), artifact_path="index")
 

@@ -26,8 +26,9 @@ from fashionops.errors import DataError, FashionOpsError
 from fashionops.search.backends import DEFAULT_BACKEND, AnnBackend, AnnIndex, get_backend
 from fashionops.search.vectors import Projection
 
-ITEM_COLUMNS = ["id", "productDisplayName", "masterCategory", "subCategory", "articleType", "sha256"]
 RESULT_COLUMNS = ["id", "productDisplayName", "masterCategory", "subCategory", "articleType"]
+# gender, baseColour and year: what an API item shows (an index built before they were stored lacks them)
+ITEM_COLUMNS = [*RESULT_COLUMNS, "gender", "baseColour", "year", "sha256"]
 META_FILE = "index_meta.json"
 ITEMS_FILE = "items.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -77,7 +78,8 @@ def write_index_dir(
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         index.save(tmp / backend.index_file)
-        items[["annoy_idx", *ITEM_COLUMNS]].to_parquet(tmp / ITEMS_FILE, index=False)
+        # reindex: a column the caller's items lack (an older items frame) is stored empty
+        items.reindex(columns=["annoy_idx", *ITEM_COLUMNS]).to_parquet(tmp / ITEMS_FILE, index=False)
         np.save(tmp / EMBEDDINGS_FILE, vectors.astype(np.float32))
         if projection is not None:
             projection.save(tmp / PROJECTION_FILE)

@@ -7,14 +7,15 @@
 - ``GET /items/{id}``, ``GET /items/{id}/image``: catalogue metadata and image;
 - ``GET /health``: model versions, aliases and where they came from (never a filesystem path);
 - ``POST /reload`` (only with an API token configured; the poll reloads in-process);
-- ``/``: a small web page (``serving/static``); ``/docs``: the generated OpenAPI docs.
+- ``/``: a small web page (``serving/static``); ``/docs``, ``/redoc``: the generated OpenAPI docs,
+  their scripts and styles served from ``/static/docs`` (``docs``: they work offline).
 
 The package, one job per module: ``schemas`` (request/response models), ``bundle`` (the served
 pair and its holder), ``loader`` (loading a pair from the registry, a pull dir or local dirs),
-``deps`` (FastAPI dependencies), ``routing`` (how upload bodies are read), ``errors`` (error
-bodies), ``middleware`` (token, upload size and time limits, security headers), ``torchscript``
-(traces a reload can free), ``downloads`` (registry download folders), ``routers/`` (the
-endpoints); this module assembles them and configures uvicorn.
+``deps`` (FastAPI dependencies), ``docs`` (the API docs pages), ``routing`` (how upload bodies
+are read), ``errors`` (error bodies), ``middleware`` (token, upload size and time limits,
+security headers), ``torchscript`` (traces a reload can free), ``downloads`` (registry download
+folders), ``routers/`` (the endpoints); this module assembles them and configures uvicorn.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from fashionops.config import Params
 from fashionops.serving.bundle import BundleHolder, ModelBundle
 from fashionops.serving.deps import ServingState
+from fashionops.serving.docs import add_offline_docs
 from fashionops.serving.downloads import remove_owned, sweep_stale
 from fashionops.serving.errors import request_validation_error
 from fashionops.serving.loader import ServeError, current_fingerprint, load_bundle, resolve_source
@@ -84,10 +86,13 @@ def create_app(
         version="1",
         description="Classify a fashion product photo and find similar catalogue items.",
         lifespan=lifespan,
+        docs_url=None,  # add_offline_docs: the same pages without a CDN
+        redoc_url=None,
     )
     app.state.serving = ServingState(holder=holder, settings=cfg, token=token)
     for router in ROUTERS:
         app.include_router(router)
+    add_offline_docs(app)  # its /static/docs mount goes before /static's
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(RequestValidationError, request_validation_error)
     document_json_variants(app, ROUTERS)

@@ -150,6 +150,9 @@ def catalogue_item(row: dict[str, Any]) -> dict[str, Any]:
         "masterCategory": _clean(row.get("masterCategory")),
         "subCategory": _clean(row.get("subCategory")),
         "articleType": _clean(row.get("articleType")),
+        "gender": _clean(row.get("gender")),
+        "baseColour": _clean(row.get("baseColour")),
+        "year": None if (year := _clean(row.get("year"))) is None else int(year),
         "image_url": f"/items/{item_id}/image",
         "item_url": f"/items/{item_id}",
     }

@@ -1,9 +1,10 @@
 """FastAPI dependencies: what a route gets from the app (the current bundle, the settings) and from
-the request (the decoded upload, ``k``, ``item_id``), ready to use.
+the request (the decoded upload, ``top_k``, ``item_id``), ready to use.
 
 The request dependencies declare the fields a route takes (form/JSON models and query
-parameters), so those show in the route's OpenAPI entry. ``k`` and ``item_id`` may come in the
-body or the query string; the body wins, then ``serve.top_k`` is the default ``k``.
+parameters), so those show in the route's OpenAPI entry. ``top_k`` (or its deprecated old name
+``k``) and ``item_id`` may come in the body or the query string; the body wins, ``top_k`` over
+``k``, then ``serve.top_k`` is the default.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fashionops.config import ServeConfig
 from fashionops.data.imaging import load_rgb
 from fashionops.errors import DataError
 from fashionops.serving.bundle import BundleHolder, ModelBundle
-from fashionops.serving.schemas import ClassifyForm, ItemId, SearchByItem, SearchForm, TopK, used
+from fashionops.serving.schemas import ClassifyForm, ItemId, OldK, SearchByItem, SearchForm, TopK, used
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ State = Annotated[ServingState, Depends(serving_state)]
 Holder = Annotated[BundleHolder, Depends(bundle_holder)]
 Bundle = Annotated[ModelBundle, Depends(current_bundle)]
 Settings = Annotated[ServeConfig, Depends(serve_settings)]
-QueryK = Annotated[TopK, Query(description="how many results, when the body does not say")]
+QueryTopK = Annotated[TopK, Query(description="how many results, when the body does not say")]
+QueryOldK = Annotated[OldK, Query(description="deprecated: the old name of top_k", deprecated=True)]
 QueryItemId = Annotated[ItemId, Query(description="a catalogue item id, when the body does not say")]
 
 
@@ -82,9 +84,10 @@ class SearchInput:
     k: int
 
 
-def _k(body_k: int | None, query_k: int | None, settings: ServeConfig) -> int:
-    """The body's ``k`` if given, else the query's, else ``serve.top_k`` (only the one used is parsed)."""
-    k = used(body_k) if body_k is not None else used(query_k)
+def _k(given: tuple[int | None, ...], settings: ServeConfig) -> int:
+    """The first of ``given`` that was sent (body ``top_k``, body ``k``, query ``top_k``, query
+    ``k``), else ``serve.top_k``; only the one used is parsed."""
+    k = used(next((value for value in given if value is not None), None))
     return settings.top_k if k is None else k
 
 
@@ -120,19 +123,25 @@ def too_many_pixels(reason: str, name: str, max_pixels: int) -> str:
     return f"{name}: image too large: {size} (limit serve.max_pixels = {max_pixels} pixels)"
 
 
-async def classify_input(form: Annotated[ClassifyForm, File()], settings: Settings, k: QueryK = None) -> ImageQuery:
-    """``POST /classify``: the uploaded photo, decoded, and ``k``."""
+async def classify_input(
+    form: Annotated[ClassifyForm, File()], settings: Settings, top_k: QueryTopK = None, k: QueryOldK = None
+) -> ImageQuery:
+    """``POST /classify``: the uploaded photo, decoded, and ``top_k``."""
     data, name = await read_upload(form.file, settings)
-    top_k = _k(form.k, k, settings)
+    top_k = _k((form.top_k, form.k, top_k, k), settings)
     return ImageQuery(await decode_image(data, name, settings), name, top_k)
 
 
 async def search_form_input(
-    form: Annotated[SearchForm, File()], settings: Settings, k: QueryK = None, item_id: QueryItemId = None
+    form: Annotated[SearchForm, File()],
+    settings: Settings,
+    top_k: QueryTopK = None,
+    k: QueryOldK = None,
+    item_id: QueryItemId = None,
 ) -> SearchInput:
     """``POST /search`` with a form: an uploaded photo, or an ``item_id`` (form field or query)."""
     upload = await read_upload(form.file, settings) if form.file is not None else None
-    top_k = _k(form.k, k, settings)
+    top_k = _k((form.top_k, form.k, top_k, k), settings)
     if upload is not None:
         data, name = upload
         return SearchInput(await decode_image(data, name, settings), name, None, top_k)
@@ -140,9 +149,13 @@ async def search_form_input(
 
 
 async def search_json_input(
-    body: Annotated[SearchByItem, Body()], settings: Settings, k: QueryK = None, item_id: QueryItemId = None
+    body: Annotated[SearchByItem, Body()],
+    settings: Settings,
+    top_k: QueryTopK = None,
+    k: QueryOldK = None,
+    item_id: QueryItemId = None,
 ) -> SearchInput:
-    """``POST /search`` with a JSON body: ``{"item_id": ..., "k": ...}`` (or ``?item_id=``)."""
-    top_k = _k(body.k, k, settings)
+    """``POST /search`` with a JSON body: ``{"item_id": ..., "top_k": ...}`` (or ``?item_id=``)."""
+    top_k = _k((body.top_k, body.k, top_k, k), settings)
     # a JSON null item_id is "no item id", not "the query's"
     return SearchInput(None, None, used(body.item_id if "item_id" in body.model_fields_set else item_id), top_k)

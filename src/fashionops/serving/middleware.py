@@ -10,8 +10,9 @@ security headers every response carries.
 - Time: a request body must arrive whole within ``serve.body_timeout_s`` of the request's headers;
   a client that stalls (or trickles) gets 408 and its connection is closed, so slow clients cannot
   hold connections and partial bodies for ever.
-- Headers (:class:`SecurityHeaders`): ``nosniff``, no referrer, no framing; the web page gets a
-  Content-Security-Policy that allows only its own script, style, images and API calls.
+- Headers (:class:`SecurityHeaders`): ``nosniff``, no referrer, no framing; the web page and the
+  API docs pages get a Content-Security-Policy that allows only this server's scripts, styles,
+  images and API calls.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Multipart framing (boundaries, part headers, small fields) on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
-PUBLIC_PATHS = ("/", "/health", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico")
 TOKEN_COOKIE = "fashionops_token"
 
 
@@ -143,8 +144,15 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# FastAPI's /docs and /redoc load their scripts from a CDN: only framing is refused there.
-DOCS_CSP = "frame-ancestors 'none'"
+# /docs and /redoc load their scripts and styles from this server (serving/docs.py), nothing from
+# elsewhere. FastAPI's pages start Swagger UI / ReDoc with an inline script and both style inline;
+# ReDoc renders in a blob: worker, Swagger UI shows a tried image answer as a blob: URL. ReDoc's
+# bundle would fetch the Redocly logo of its sidebar footer from a CDN: refused, the footer is text.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
 # API answers are data: they may load nothing and be framed nowhere.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"

@@ -1,10 +1,19 @@
 """The serving API's request and response bodies as pydantic models (what ``/openapi.json`` shows).
 
-Request fields ``k`` and ``item_id`` are parsed by :func:`parse_k` / :func:`parse_item_id`, with
-the messages the API has always answered. A value that does not parse is not refused while the
-body is validated: the field holds its :class:`FieldError`, raised when a route uses the field
-(:func:`used`). A value the request does not need (a query ``k`` under a body ``k``, an
-``item_id`` beside an upload) has never been an error.
+Field names are the pyfunc models' (:mod:`fashionops.registry.pyfunc`): the request's ``top_k``
+(``k`` is its deprecated old name, still accepted), ``/classify``'s ``label``, ``probability``,
+``top_labels`` and ``top_probabilities``. Items use the catalogue's column names (``articleType``,
+``baseColour``, ...); an item's ``name`` is its ``productDisplayName`` (the visual-search pyfunc's
+``names`` column holds one per result).
+
+Request fields ``top_k`` and ``item_id`` are parsed by :func:`parse_k` / :func:`parse_item_id`.
+A value that does not parse is not refused while the body is validated: the field holds its
+:class:`FieldError`, raised when a route uses the field (:func:`used`). A value the request does
+not need (a query ``top_k`` under a body ``top_k``, an ``item_id`` beside an upload) has never been
+an error.
+
+Responses carry the answering model's name, version and run, never its metrics (``/health``
+has those).
 
 Responses are validated against these models and sent without the optional keys a value did
 not set (``response_model_exclude_unset``), so a body holds exactly the keys it always held.
@@ -28,20 +37,26 @@ class FieldError(HTTPException):
         super().__init__(422, detail)
 
 
-def parse_k(value: Any) -> int | None:
-    """``k`` from a form field, JSON or the query string: an integer in [1, MAX_K] (None: not given)."""
+def parse_k(value: Any, field: str = "top_k") -> int | None:
+    """``top_k`` (or the old ``k``: ``field`` names it in the message) from a form field, JSON or
+    the query string: an integer in [1, MAX_K] (None: not given)."""
     if value is None:
         return None
     # int() would take True as 1 and truncate 1.7 to 1: only whole numbers are integers here
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise FieldError(f"k must be an integer (got {value!r})")
+        raise FieldError(f"{field} must be an integer (got {value!r})")
     try:
         k = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise FieldError(f"k must be an integer (got {value!r})") from None
+        raise FieldError(f"{field} must be an integer (got {value!r})") from None
     if not 1 <= k <= MAX_K:
-        raise FieldError(f"k must be between 1 and {MAX_K} (got {k})")
+        raise FieldError(f"{field} must be between 1 and {MAX_K} (got {k})")
     return k
+
+
+def parse_old_k(value: Any) -> int | None:
+    """The deprecated ``k``: parsed like ``top_k``, its messages name ``k``."""
+    return parse_k(value, "k")
 
 
 def parse_item_id(value: Any) -> int | None:
@@ -77,11 +92,16 @@ def used(value: int | None) -> int | None:
     return value
 
 
-# The JSON schema shows the parsed type: an integer (k: 1..MAX_K) or nothing.
+# The JSON schema shows the parsed type: an integer (top_k: 1..MAX_K) or nothing.
 TopK = Annotated[
     Annotated[int, Field(ge=1, le=MAX_K)] | None,
     _parsed_when_used(parse_k),
     Field(description=f"how many results (1-{MAX_K}; default serve.top_k)"),
+]
+OldK = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_K)] | None,
+    _parsed_when_used(parse_old_k),
+    Field(description="deprecated: the old name of top_k (top_k wins when both are sent)", deprecated=True),
 ]
 ItemId = Annotated[int | None, _parsed_when_used(parse_item_id), Field(description="a catalogue item id")]
 
@@ -91,7 +111,8 @@ class ClassifyForm(BaseModel):
     """``POST /classify`` multipart body."""
 
     file: UploadFile = Field(description="the product photo (JPEG, PNG, WebP, ...)")
-    k: TopK = None
+    top_k: TopK = None
+    k: OldK = None
 
 
 class SearchForm(BaseModel):
@@ -99,14 +120,16 @@ class SearchForm(BaseModel):
 
     file: UploadFile | None = Field(None, description="the query photo; wins over item_id")
     item_id: ItemId = None
-    k: TopK = None
+    top_k: TopK = None
+    k: OldK = None
 
 
 class SearchByItem(BaseModel):
     """``POST /search`` JSON body: the items most similar to a catalogue item."""
 
     item_id: ItemId = None
-    k: TopK = None
+    top_k: TopK = None
+    k: OldK = None
 
 
 # --------------------------------------------------------------------------- responses
@@ -116,21 +139,29 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class ModelInfo(BaseModel):
+class ModelRef(BaseModel):
     """The registered model that answered: registry name/version/run (local models: the directory's
-    name and version ``local``). Never a filesystem path: clients need not know the server's layout."""
+    name and version ``local``). Never a filesystem path: clients need not know the server's layout,
+    and never its metrics (``/health`` shows them once, not every answer)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     name: str | None = None
     version: str | int | None = None
     run_id: str | None = None
     uri: str | None = None
+
+
+class ModelInfo(ModelRef):
+    """``/health``'s model entry: the reference and the metrics it was registered with."""
+
+    model_config = ConfigDict(extra="allow")
+
     metrics: dict[str, Any] | None = None
 
 
-class IndexInfo(ModelInfo):
-    """The index that answered: its model entry plus the index's own settings."""
+class IndexSettings(BaseModel):
+    """The index's own settings (what an answer and ``/health`` show of it)."""
 
     n_items: int | None = None
     backend: str | None = None  # annoy | hnsw (absent: an index built before HNSW existed, Annoy)
@@ -142,6 +173,10 @@ class IndexInfo(ModelInfo):
     dim: int | None = None
 
 
+class IndexInfo(ModelInfo, IndexSettings):
+    """``/health``'s index entry: its model entry plus the index's own settings."""
+
+
 class Served(BaseModel):
     """Where the answering pair came from (added to a response's ``model``)."""
 
@@ -149,25 +184,24 @@ class Served(BaseModel):
     source: str
 
 
-class ClassifierAnswer(ModelInfo, Served):
-    pass
+class ClassifierAnswer(ModelRef, Served):
+    """The ``model`` of a ``/classify`` answer (no metrics)."""
 
 
-class IndexAnswer(IndexInfo, Served):
-    pass
+class IndexAnswer(ModelRef, IndexSettings, Served):
+    """The ``model`` of a ``/search`` answer: the index and its settings (no metrics)."""
 
-
-class ClassProbability(BaseModel):
-    label: str
-    probability: float
+    model_config = ConfigDict(extra="ignore")
 
 
 class ClassifyResponse(BaseModel):
-    """The predicted class, its probability and the top-k classes."""
+    """The predicted class and its probability, then the ``top_k`` most probable classes and their
+    probabilities, most probable first (the classifier pyfunc's output columns)."""
 
     label: str
     probability: float
-    top: list[ClassProbability]
+    top_labels: list[str]
+    top_probabilities: list[float]
     model: ClassifierAnswer
 
 
@@ -175,10 +209,14 @@ class Item(BaseModel):
     """A catalogue item."""
 
     id: int
-    name: str | None
+    name: str | None  # productDisplayName
     masterCategory: str | None  # the catalogue's column names
     subCategory: str | None
     articleType: str | None
+    # absent (None) for an index built before items carried them
+    gender: str | None = None
+    baseColour: str | None = None
+    year: int | None = None
     image_url: str
     item_url: str
 

@@ -1,9 +1,11 @@
-"""The train stage's MLflow run: resume the recorded one or start a new one, and log what a
-reviewer needs (every param, device, library versions) as soon as it exists."""
+"""The train stage's MLflow run: resume the recorded one or start a new one named for the flow run /
+DVC experiment, and log what a reviewer needs (every param, the prepared split as dataset inputs,
+device, library versions, MLflow's source tags) as soon as it exists."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,16 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fashionops.config import PathsConfig, TrackingConfig
 from fashionops.environ import scoped_environ
-from fashionops.tracking import configure, owner_tags, read_run_file, run_exists, run_tags, tracking_uri
+from fashionops.run_lineage import log_data_inputs, run_name
+from fashionops.tracking import (
+    configure,
+    owner_tags,
+    param_text,
+    read_run_file,
+    run_exists,
+    run_tags,
+    tracking_uri,
+)
 from fashionops.training.callbacks import checkpoint_run
 from fashionops.training.runtime import library_versions
 
@@ -41,13 +52,28 @@ class StageMLFlowLogger(MLFlowLogger):
             status = "KILLED"
         super().finalize(status)
 
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({curve_name(k): v for k, v in metrics.items()}, step)
+
+
+def curve_name(key: str) -> str:
+    """A per-epoch metric's MLflow name, grouped like the stages' metrics: ``val_macro_f1`` ->
+    ``val/macro_f1``, ``train_acc`` -> ``train/accuracy``, ``lr`` -> ``train/lr`` (history.csv keeps
+    ``val_macro_f1``); others (Lightning's ``epoch``) unchanged. ``test/`` stays the evaluate stage's."""
+    head, _, rest = key.partition("_")
+    if head in ("train", "val") and rest:
+        return f"{head}/{'accuracy' if rest == 'acc' else rest}"
+    return "train/lr" if key == "lr" else key
+
 
 def make_logger(tracking: TrackingConfig, paths: PathsConfig, run_id: str | None) -> MLFlowLogger:
-    """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0)."""
+    """Lightning's MLflow logger; lazy: the run is only created when first used (rank 0). A new
+    run is named for the flow run / DVC experiment (:func:`~fashionops.run_lineage.run_name`)."""
     return StageMLFlowLogger(
         experiment_name=tracking.experiment,
         tracking_uri=tracking_uri(tracking),
         run_id=run_id,
+        run_name=run_name("train") if run_id is None else None,
         tags={**run_tags(paths), **owner_tags()} if run_id is None else None,  # owner: from the start
         log_model=False,
     )
@@ -63,9 +89,11 @@ def start_tracking(
 ) -> str:
     """Open the logger's run and record what a reviewer needs; returns the run id.
 
-    Logs every param of ``run_config`` (``section.key`` -> value), the device and library
-    versions and the owner process (:func:`~fashionops.tracking.owner_tags`: a later train marks
-    the run KILLED if that process died with the run open). ``paths.run_file`` is left alone: the
+    Logs every param of ``run_config`` (``section.key`` -> value, None as ""), the prepared split
+    as dataset inputs, the lineage tags (:func:`~fashionops.tracking.run_tags`: a resumed run
+    joins this execution), the device and library versions and the owner process
+    (:func:`~fashionops.tracking.owner_tags`: a later train marks the run KILLED if that process
+    died with the run open). ``paths.run_file`` is left alone: the
     stage writes it when the model is saved; a killed run is resumed from the run recorded beside
     its checkpoints.
     """
@@ -78,12 +106,13 @@ def start_tracking(
     assert run_id is not None  # reading logger.experiment created the run
 
     logged = client.get_run(run_id).data.params
-    flat = {k: "" if v is None else str(v)[:6000] for k, v in run_config.items()}
+    flat = {k: param_text(v) for k, v in run_config.items()}
     changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
     new = [Param(k, v) for k, v in flat.items() if k not in logged]
     for i in range(0, len(new), 100):  # MLflow's batch limit
         client.log_batch(run_id, params=new[i : i + 100])
     tags = {
+        **run_tags(paths),
         "stage": "train",
         "device": runtime["device_name"],
         "precision": runtime["precision"],
@@ -98,6 +127,7 @@ def start_tracking(
             tags["resume_changed_params"] = ",".join(changed)[:5000]
         client.update_run(run_id, status="RUNNING")
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    log_data_inputs(client, run_id, paths)
     return run_id
 
 

@@ -5,8 +5,10 @@ writes (see ``docs/architecture.md``):
 
 * ``<paths.classifier_dir>/{weights.pt, model_spec.json}`` (the best epoch) and
   ``checkpoints/{best,last}.ckpt``;
-* ``<paths.reports_dir>/train/metrics.json`` (best validation metrics, epochs, seconds, images/s,
-  device), ``history.csv`` (one row per epoch) and ``mlflow_run.json`` (``paths.run_file``: the
+* ``<paths.reports_dir>/train/metrics.json`` (the DVC metrics file, logged to MLflow under the same
+  names: :data:`HEADLINE`, ``train/best_val_macro_f1``, ``train/seconds``, ...), ``summary.json``
+  (the same and the device, precision, model, sizes, run id), ``history.csv`` (one row per epoch,
+  also MLflow's per-epoch curves) and ``mlflow_run.json`` (``paths.run_file``: the
   MLflow run the later stages reopen, written when training has finished: until then it names
   the previous run, which matches the previous model).
 
@@ -78,6 +80,29 @@ for _pattern in (
 
 
 # -- reports ------------------------------------------------------------------------------
+# metrics.json name -> summary.json key: the best epoch's validation scores, how long it trained
+# and how fast (a reviewer's regression flags); device, model and sizes stay in summary.json.
+HEADLINE = {
+    "train/best_val_macro_f1": "best_val_macro_f1",
+    "train/best_val_accuracy": "best_val_acc",
+    "train/best_val_loss": "best_val_loss",
+    "train/best_epoch": "best_epoch",
+    "train/epochs": "epochs_run",
+    "train/seconds": "seconds",
+    "train/images_per_s": "images_per_s",
+}
+
+
+def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The ``metrics.json`` content: :data:`HEADLINE` names of the summary's measured values
+    (counts stay integers)."""
+    return {
+        name: value if isinstance(value, int) else float(value)
+        for name, key in HEADLINE.items()
+        if (value := summary.get(key)) is not None and not isinstance(value, bool)
+    }
+
+
 def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -250,7 +275,7 @@ def run_train(
     ``balance`` is ``prepare.balance`` (``class_weights``: weighted loss, ``weighted_sampler``:
     class-balanced sampling). ``run_config``: the flattened configuration to log as the run's
     params (the CLI passes all of ``params.yaml``; default: what this function was given).
-    Returns the ``metrics.json`` content. ``resume=True`` continues from
+    Returns the ``summary.json`` content (plus fit/total seconds). ``resume=True`` continues from
     ``<paths.classifier_dir>/checkpoints/last.ckpt``.
     """
     from fashionops.models.backbones import freeze_leading_groups
@@ -355,18 +380,19 @@ def run_train(
     }
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
     metrics_path, history_path = report_dir / "metrics.json", report_dir / "history.csv"
+    summary_path = report_dir / "summary.json"
     report_dir.mkdir(parents=True, exist_ok=True)
     write_history(history_path, rows)
 
     client = logger.experiment  # run_id: the run start_tracking opened (this is rank 0)
     metrics["mlflow_run_id"] = run_id
-    metrics_path.write_text(json.dumps(metrics, indent=2))
-    summary = {f"best_{k}": float(v) for k, v in best.items() if k.startswith("val_") and v is not None}
-    summary.update({"train_images_per_s": metrics["images_per_s"] or 0.0, "train_seconds": metrics["seconds"]})
-    for key, value in summary.items():
+    summary_path.write_text(json.dumps(metrics, indent=2))
+    headline = headline_metrics(metrics)
+    metrics_path.write_text(json.dumps(headline, indent=2))
+    for key, value in headline.items():
         client.log_metric(run_id, key, value)
     client.log_artifact(run_id, str(best_path), artifact_path="checkpoints")
-    for path in (metrics_path, history_path):
+    for path in (metrics_path, summary_path, history_path):
         client.log_artifact(run_id, str(path), artifact_path="train")
     client.log_artifact(run_id, str(out_dir / "model_spec.json"), artifact_path="model")
     client.set_terminated(run_id, "FINISHED")

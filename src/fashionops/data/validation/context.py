@@ -5,11 +5,19 @@ It holds a pandas data source (``fashionops``, one dataframe asset per suite), t
 A run writes nothing into ``gx/``: validation results go to a temp dir and Data Docs to the run's
 docs dir (both store paths in ``great_expectations.yml`` are ``${FASHIONOPS_GX_*}`` variables set
 per run by :func:`run_suites`). Recreate ``gx/`` with ``fashionops gx-init`` (:func:`init_gx_context`).
+
+The Data Docs of a run say what the stage decided: a suite's status is *Succeeded* unless a
+**critical** expectation failed (failed warnings are listed on the page, and under "Show more
+info"), the data asset is named with the catalogue it came from, the run with the DVC
+experiment, the flow run or the time (:func:`docs_run_name`), and the pages load their scripts
+and styles from the site itself (:mod:`~fashionops.data.validation.docs_offline`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -19,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from fashionops.data.validation.docs_offline import localize_site
 from fashionops.data.validation.expectations import SUITE_ASSETS, suite_expectations
 from fashionops.environ import scoped_environ
 from fashionops.errors import DataError
@@ -137,22 +146,83 @@ def check_gx_dir(gx_dir: Path) -> None:
         )
 
 
+def docs_run_name(now: dt.datetime | None = None) -> str:
+    """The run name the Data Docs show: the DVC experiment (``DVC_EXP_NAME``, also the MLflow run's
+    name), else the Prefect flow run (``FASHIONOPS_FLOW_RUN_ID``/``PREFECT__FLOW_RUN_ID``), else
+    ``validate-<UTC time>``. Path-safe: GX makes it a folder of the site."""
+    for env, prefix in (
+        ("DVC_EXP_NAME", ""),
+        ("FASHIONOPS_FLOW_RUN_ID", "flow-run-"),
+        ("PREFECT__FLOW_RUN_ID", "flow-run-"),
+    ):
+        if os.environ.get(env):
+            return prefix + re.sub(r"[^A-Za-z0-9._-]+", "-", os.environ[env]).strip("-")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return "validate-" + now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (``data/raw``), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _failed_names(result: Any, severity: Mapping[str, str]) -> dict[str, list[str]]:
+    """{"critical": [...], "warning": [...]}: the failed expectations' names by severity
+    (``validate.severity`` as resolved by the stage; an unknown name counts as critical)."""
+    failed: dict[str, list[str]] = {"critical": [], "warning": []}
+    for res in result.results:
+        if not res.success:
+            name = (res.expectation_config.meta or {}).get("name") or res.expectation_config.type
+            failed["critical" if severity.get(name, "critical") == "critical" else "warning"].append(name)
+    return failed
+
+
+def _mark_stored_results(ctx: Any, severity: Mapping[str, str], catalogue: str) -> None:
+    """Rewrite the stored results the Data Docs are built from: success = no critical failure,
+    the data asset named with its catalogue, the failures by severity among the batch markers."""
+    store = ctx.validation_results_store
+    for key in store.list_keys():
+        result = store.get(key)
+        failed = _failed_names(result, severity)
+        result.success = not failed["critical"]
+        asset = (result.meta.get("active_batch_definition") or {}).get("data_asset_name") or result.suite_name
+        spec = dict(result.meta.get("batch_spec") or {})
+        spec["data_asset_name"] = f"{asset} ({catalogue})" if catalogue else asset
+        result.meta["batch_spec"] = spec
+        markers = dict(result.meta.get("batch_markers") or {})
+        markers["failed critical expectations"] = ", ".join(failed["critical"]) or "none"
+        markers["failed warning expectations"] = ", ".join(failed["warning"]) or "none"
+        result.meta["batch_markers"] = markers
+        store.set(key, result)
+
+
 def run_suites(
     gx_dir: Path,
     frames: Mapping[str, pd.DataFrame],
     parameters: Mapping[str, Any],
     result_format: Mapping[str, Any],
     docs_dir: Path,
+    *,
+    severity: Mapping[str, str] | None = None,
+    catalogue: Path | None = None,
 ) -> dict[str, Any]:
     """Run each suite's validation definition on its frame (``frames[suite]``) and build Data Docs.
 
-    Returns the GX validation result per suite. The new Data Docs replace ``docs_dir`` whole;
-    ``gx_dir`` is only read.
+    Returns the GX validation result per suite (GX's own ``success``: every expectation passed).
+    The Data Docs show ``success`` per ``severity`` (expectation name -> critical|warning) and
+    the ``catalogue`` folder as the data asset's source. The new Data Docs replace
+    ``docs_dir`` whole; ``gx_dir`` is only read.
     """
     check_gx_dir(gx_dir)
     _quiet_gx()
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
 
+    now = dt.datetime.now(dt.timezone.utc)
+    run_id = RunIdentifier(run_name=docs_run_name(now), run_time=now)
     with tempfile.TemporaryDirectory(prefix="gx-run-") as tmp:
         docs_tmp = Path(tmp) / "data_docs"
         with _store_dirs(Path(tmp) / "results", docs_tmp):
@@ -162,10 +232,13 @@ def run_suites(
                     batch_parameters={"dataframe": frame},
                     expectation_parameters=dict(parameters),
                     result_format=dict(result_format),
+                    run_id=run_id,
                 )
                 for suite, frame in frames.items()
             }
+            _mark_stored_results(ctx, severity or {}, _shown_path(catalogue) if catalogue else "")
             ctx.build_data_docs(site_names=[DOCS_SITE])
+        localize_site(docs_tmp)
         # Swap the new Data Docs in whole.
         if docs_dir.exists():
             shutil.rmtree(docs_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from fashionops.progress import Progress
 from fashionops.workers import die_with_parent
+
+log = logging.getLogger(__name__)
 
 FACT_COLUMNS: list[str] = [
     "id",
@@ -91,17 +95,23 @@ def _facts_chunk(items: list[tuple[int, str]]) -> list[dict[str, Any]]:
 def gather_facts(catalogue: pd.DataFrame, workers: int = 2) -> pd.DataFrame:
     """Per-image facts table (one row per catalogue row, :data:`FACT_COLUMNS`) using ``workers`` processes."""
     items = list(zip(catalogue["id"].astype("int64").tolist(), catalogue["file"].astype(str).tolist()))
-    if workers <= 1 or len(items) < 64:
-        rows = _facts_chunk(items)
-    else:
-        # Large chunks: per-task overhead dominates for 5 KB thumbnails. fork is cheapest on
-        # Linux (nothing to re-import); elsewhere the platform default.
-        size = max(64, len(items) // (workers * 8) + 1)
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        method = "fork" if sys.platform.startswith("linux") else None
-        # die_with_parent: no worker outlives a killed validate
-        with mp.get_context(method).Pool(workers, initializer=die_with_parent) as pool:
-            rows = [r for part in pool.map(_facts_chunk, chunks) for r in part]
+    # Large chunks: per-task overhead dominates for 5 KB thumbnails.
+    size = max(64, len(items) // (max(workers, 1) * 8) + 1)
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    rows: list[dict[str, Any]] = []
+    with Progress(len(items), "checked", unit="images", logger=log) as progress:  # a bar, or a line per 10%
+        if workers <= 1 or len(items) < 64:
+            for chunk in chunks:
+                rows.extend(_facts_chunk(chunk))
+                progress.update(len(chunk))
+        else:
+            # fork is cheapest on Linux (nothing to re-import); elsewhere the platform default.
+            method = "fork" if sys.platform.startswith("linux") else None
+            # die_with_parent: no worker outlives a killed validate
+            with mp.get_context(method).Pool(workers, initializer=die_with_parent) as pool:
+                for part in pool.imap(_facts_chunk, chunks):  # in order, as each chunk is done
+                    rows.extend(part)
+                    progress.update(len(part))
     return pd.DataFrame(rows, columns=FACT_COLUMNS).astype(FACT_DTYPES)
 
 

@@ -1,10 +1,10 @@
 """The validate stage: run the GX suites on a catalogue and report what failed.
 
 Outputs of :func:`run_validate`: ``<paths.reports_dir>/validation/summary.json`` (always, also on failure:
-numbers for ``dvc metrics show``: rows, images_ok/missing/undecodable/unlisted, duplicate
-groups/images, critical_failures, warnings, ``failures.<name>`` unexpected counts, seconds; and as
-lists, which ``dvc metrics show`` skips: ``failed_critical``, ``failed_warning``,
-``examples.<name>``), ``<paths.reports_dir>/validation/data_docs/index.html`` (always) and
+rows, images_ok/missing/undecodable/unlisted, duplicate groups/images, critical_failures, warnings,
+``failures.<name>`` unexpected counts, seconds, ``failed_critical``, ``failed_warning``,
+``examples.<name>``), ``metrics.json`` beside it (always: the DVC metrics file, the same names in
+MLflow, :func:`headline_metrics`), ``<paths.reports_dir>/validation/data_docs/index.html`` (always) and
 ``paths.facts`` (parquet, **only when no critical expectation failed**; a stale one is
 removed on failure so ``prepare`` never reads facts of a catalogue that failed).
 """
@@ -105,6 +105,20 @@ def _unlisted_images(root: Path, catalogue: pd.DataFrame) -> int:
     return sum(1 for p in images_dir.iterdir() if str(p) not in listed)
 
 
+def headline_metrics(summary: dict[str, Any]) -> dict[str, int]:
+    """``metrics.json`` (the DVC metrics file; the same names in MLflow): the verdict as 1/0 (a
+    metric is a number), the rows checked, how many critical and warning expectations failed and
+    the images that are byte-identical copies. Per-expectation counts and timings stay in
+    ``summary.json``."""
+    return {
+        "validate/passed": int(bool(summary["passed"])),
+        "validate/rows": int(summary["rows"]),
+        "validate/critical_failures": int(summary["critical_failures"]),
+        "validate/warnings": int(summary["warnings"]),
+        "validate/duplicate_images": int(summary["duplicate_images"]),
+    }
+
+
 def run_validate(
     cfg: ValidateConfig, paths: PathsConfig, *, label: str, data_dir: str | Path | None = None
 ) -> dict[str, Any]:
@@ -157,7 +171,13 @@ def _validate(cfg: ValidateConfig, paths: PathsConfig, *, label: str, data_dir: 
     docs_dir = report_dir / "data_docs"
     t0 = time.perf_counter()
     results = run_suites(
-        gx_dir, {METADATA_SUITE: meta, FACTS_SUITE: facts}, expectation_parameters(cfg), result_format, docs_dir
+        gx_dir,
+        {METADATA_SUITE: meta, FACTS_SUITE: facts},
+        expectation_parameters(cfg),
+        result_format,
+        docs_dir,
+        severity=severity,
+        catalogue=root,
     )
     gx_s = time.perf_counter() - t0
 
@@ -180,12 +200,13 @@ def _validate(cfg: ValidateConfig, paths: PathsConfig, *, label: str, data_dir: 
         "warnings": len(warnings_),
         "failures": {n: o["unexpected_count"] for n, o in by_name.items()},
         "seconds": {"facts": round(facts_s, 2), "gx": round(gx_s, 2), "total": round(time.perf_counter() - started, 2)},
-        # Lists only below: `dvc metrics show` lists the numbers above and skips these.
+        # lists of names and examples: what failed, for the Prefect artifact and the CLI
         "failed_critical": [n for n, o in by_name.items() if not o["success"] and o["severity"] == "critical"],
         "failed_warning": [n for n, o in by_name.items() if not o["success"] and o["severity"] != "critical"],
         "examples": {n: o["examples"] for n, o in by_name.items() if not o["success"]},
     }
     write_json(report_dir / "summary.json", summary)
+    write_json(report_dir / "metrics.json", headline_metrics(summary))
     summary.update(
         data_dir=str(root), data_docs=str(docs_dir / "index.html"), facts_path=str(facts_path) if not critical else None
     )

@@ -1,4 +1,4 @@
-"""``POST /classify``: a product photo -> its predicted class, the top-k classes and the model."""
+"""``POST /classify``: a product photo -> its predicted class, the ``top_k`` classes and the model."""
 
 from __future__ import annotations
 
@@ -22,7 +22,16 @@ router = APIRouter(route_class=UploadRoute)
     responses=error_responses(400, 401, 413, 415, 422),
 )
 async def classify(query: Annotated[ImageQuery, Depends(classify_input)], bundle: Bundle) -> ClassifyResponse:
-    """The photo's predicted class and probability, the ``k`` most probable classes, and the
-    classifier that answered (registry version, alias, source)."""
+    """The photo's predicted class and probability, the ``top_k`` most probable classes and their
+    probabilities (``top_labels``, ``top_probabilities``: the classifier pyfunc's output names),
+    and the classifier that answered (registry version, alias, source)."""
     result = await run_in_threadpool(bundle.classify, query.image, query.k)
-    return ClassifyResponse.model_validate({**result, "model": bundle.classifier_answer()})
+    return ClassifyResponse.model_validate(
+        {
+            "label": result["label"],
+            "probability": result["probability"],
+            "top_labels": [t["label"] for t in result["top"]],
+            "top_probabilities": [t["probability"] for t in result["top"]],
+            "model": bundle.classifier_answer(),
+        }
+    )

@@ -58,7 +58,7 @@ router.add_api_route(
 
 @router.post("/search", summary=SUMMARY, response_model_exclude_unset=True, responses=ERRORS)
 async def search(query: Annotated[SearchInput, Depends(search_form_input)], bundle: Bundle) -> SearchResponse:
-    """The ``k`` catalogue items most similar to the uploaded photo in ``file`` (encoded as the
+    """The ``top_k`` catalogue items most similar to the uploaded photo in ``file`` (encoded as the
     index's items were, then re-ranked by category), or to catalogue item ``item_id`` (form field,
     JSON body or query string). Results are nearest first, each with its distance."""
     return await answer(query, bundle)

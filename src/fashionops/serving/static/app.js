@@ -40,15 +40,16 @@ function renderPrediction(pred) {
   $("pred-prob").textContent = pct(pred.probability) + " confidence";
   const list = $("pred-top");
   list.replaceChildren();
-  for (const t of pred.top) {
+  pred.top_labels.forEach((label, i) => {
+    const p = pred.top_probabilities[i];
     const li = document.createElement("li");
-    li.textContent = t.label + " " + pct(t.probability);
+    li.textContent = label + " " + pct(p);
     const bar = document.createElement("span");
     bar.className = "bar";
-    bar.style.width = Math.max(2, Math.round(120 * t.probability)) + "px";
+    bar.style.width = Math.max(2, Math.round(120 * p)) + "px";
     li.appendChild(bar);
     list.appendChild(li);
-  }
+  });
 }
 
 function renderResults(data) {
@@ -112,7 +113,7 @@ async function browse(itemId, push) {
     $("prediction").hidden = true;
     $("query-item").hidden = false;
     $("query-item-name").textContent = item.name || "item " + item.id;
-    $("query-item-meta").textContent = [item.masterCategory, item.subCategory, item.articleType, "#" + item.id]
+    $("query-item-meta").textContent = [item.articleType, item.gender, item.baseColour, item.year, "#" + item.id]
       .filter(Boolean).join(" · ");
     const img = $("query-image");
     img.src = item.image_url;
