@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -22,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fashionops.config import Params, did_you_mean, dump_params, list_presets, load_params, preset_info
+from fashionops.cli_format import HelpFormatter, Parser, installed_version, positive_int, print_summary
+from fashionops.config import Params, dump_params, list_presets, load_params, preset_info
 from fashionops.errors import FashionOpsError, Terminated, os_error_message
 from fashionops.logs import configure_logging
 
@@ -63,7 +63,7 @@ def cmd_train(p: Params, a: argparse.Namespace) -> Any:
     metrics = run_train(p.train, p.paths, p.tracking, balance=p.prepare.balance, resume=a.resume, run_config=p.flat())
     if metrics:  # empty on the non-zero ranks of a multi-process run
         model_dir = Path(p.paths.classifier_dir)
-        _print_summary(
+        print_summary(
             "fashionops train: summary",
             metrics,
             {
@@ -74,33 +74,6 @@ def cmd_train(p: Params, a: argparse.Namespace) -> Any:
             },
         )
     return metrics or None  # the other ranks print nothing
-
-
-def _print_summary(title: str, metrics: dict[str, Any], outputs: dict[str, str]) -> None:
-    """One screen at the end of training: where it ran, how well, where the outputs are."""
-    line = "=" * 72
-    out = [line, title, line]
-    for key in (
-        "device",
-        "precision",
-        "model",
-        "epochs_run",
-        "best_epoch",
-        "best_val_macro_f1",
-        "best_val_acc",
-        "best_val_loss",
-        "seconds",
-        "images_per_s",
-        "mlflow_run_id",
-    ):
-        value = metrics.get(key)
-        if value is not None:
-            out.append(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
-    out.append("  outputs:")
-    for key, path in outputs.items():
-        out.append(f"    {key:<18} {path}")
-    out.append(line)
-    print("\n".join(out), flush=True)
 
 
 def cmd_evaluate(p: Params, a: argparse.Namespace) -> Any:
@@ -227,42 +200,6 @@ def cmd_stack_status(p: Params, a: argparse.Namespace) -> Any:
     from fashionops.stack.up import status
 
     return status(p)
-
-
-def installed_version() -> str:
-    """The installed ``fashionops`` distribution's version (``unknown`` when run from a bare checkout)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fashionops")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Each option's help ends with its default (``(default: 5)``) or ``(required)``; an option
-    whose default is None or a flag says what happens when it is not given in its own words."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_ = action.help or ""
-        if not action.option_strings or "default" in help_ or action.default is argparse.SUPPRESS:
-            return help_
-        if action.required:
-            return f"{help_} (required)"
-        if action.nargs == 0 or action.default is None:  # a flag, or a default the text explains
-            return help_
-        return f"{help_} (default: %(default)s)"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with "did you mean" for a mistyped subcommand or choice."""
-
-    def error(self, message: str) -> Any:
-        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if bad:
-            choices = re.findall(r"'([^']*)'", bad.group(2))
-            message += did_you_mean(bad.group(1), choices)
-        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,20 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
-
-
 def _top_k_option(sp: argparse.ArgumentParser, default: int, help_: str) -> None:
     """``--top-k N`` (the pyfunc's and the API's ``top_k``); ``--k`` is its old name, still accepted."""
     sp.add_argument(
-        "--top-k", "--k", dest="top_k", type=_positive_int, default=default, help=f"{help_}; --k is the old name"
+        "--top-k", "--k", dest="top_k", type=positive_int, default=default, help=f"{help_}; --k is the old name"
     )
 
 

@@ -22,13 +22,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fashionops.errors import FashionOpsError
-
-PRESETS_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(FashionOpsError):
-    """A params file or override is invalid; the message names the key."""
+from fashionops.errors import ConfigError as ConfigError  # raised here; importable from config as before
+from fashionops.errors import did_you_mean as did_you_mean
+from fashionops.presets import PRESETS_DIR as PRESETS_DIR  # the preset files and their descriptions
+from fashionops.presets import PresetInfo as PresetInfo
+from fashionops.presets import list_presets as list_presets
+from fashionops.presets import load_preset
+from fashionops.presets import preset_info as preset_info
 
 
 class Section(BaseModel):
@@ -301,59 +301,6 @@ def flatten(tree: dict[str, Any]) -> dict[str, Any]:
 
     walk("", tree)
     return out
-
-
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    """`` (did you mean X?)`` for the choice closest to ``word``, or ``""`` when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-class PresetInfo(BaseModel):
-    """What ``fashionops params --presets`` tells about a preset: the top-level ``description:`` and
-    ``reproduces:`` keys of its file (not params: they are never merged into the configuration)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str  # one line: the model and how it is trained
-    reproduces: str  # the published result it reproduces ("none" for our own profiles)
-
-
-PRESET_INFO_KEYS = ("description", "reproduces")
-
-
-def list_presets() -> list[str]:
-    """Names of the shipped presets."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def _read_preset(name: str) -> dict[str, Any]:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"train.preset: unknown preset {name!r}{did_you_mean(name, list_presets())}; "
-            f"known: {', '.join(list_presets())}"
-        )
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"preset {path}: expected a mapping of sections")
-    return data
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """Sections of a preset file (e.g. ``{"train": {...}, "prepare": {...}}``), without its
-    :class:`PresetInfo` keys."""
-    return {k: v for k, v in _read_preset(name).items() if k not in PRESET_INFO_KEYS}
-
-
-def preset_info(name: str) -> PresetInfo:
-    """The ``description`` and ``reproduces`` of a shipped preset (validated: both are required)."""
-    data = _read_preset(name)
-    try:
-        return PresetInfo.model_validate({"name": name, **{k: data.get(k) for k in PRESET_INFO_KEYS}})
-    except ValidationError as exc:
-        raise ConfigError(f"preset {name}: {_format_errors(exc, f'preset {name}')}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

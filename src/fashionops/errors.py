@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import io
 import re
@@ -11,6 +12,16 @@ from urllib.parse import urlsplit
 
 class FashionOpsError(Exception):
     """Base class: an expected failure with a message a user can act on."""
+
+
+class ConfigError(FashionOpsError):
+    """A params file, preset or override is invalid; the message names the key."""
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean X?)`` for the choice closest to ``word``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class DataError(FashionOpsError):

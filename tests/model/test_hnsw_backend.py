@@ -272,7 +272,7 @@ def test_cli_pyfunc_and_server_give_the_same_answer(hnsw_index, tmp_path, monkey
     with mlflow.start_run(experiment_id=exp):
         info = log_visual_search(p.paths.index_dir, p.paths.classifier_dir)
     model = mlflow.pyfunc.load_model(info.model_uri)
-    out = model.predict(pd.DataFrame({"image": [image.read_bytes()]}), params={"k": 5})
+    out = model.predict(pd.DataFrame({"image": [image.read_bytes()]}), params={"top_k": 5})
     by_pyfunc = [int(i) for i in out["ids"].iloc[0]]
 
     s = p.model_copy(deep=True)

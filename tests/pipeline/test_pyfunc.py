@@ -66,7 +66,7 @@ def test_input_forms_agree(logged):
 
 def test_visual_search_finds_the_query_item(logged):
     _, search, files, _ = logged
-    out = search.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}), params={"k": 3})
+    out = search.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}), params={"k": 3})  # the old name
     assert list(out.columns) == ["ids", "names", "article_types", "master_categories", "sub_categories", "distances"]
     for f, row in zip(files, out.to_dict("records")):
         assert len(row["ids"]) == 3 and len(row["names"]) == 3

@@ -95,6 +95,7 @@ def test_registered_models_load_without_unpickling_and_predict(registered, monke
     labels = classifier.predict(frame, params={"top_k": 2})
     assert list(labels.columns) == ["label", "probability", "top_labels", "top_probabilities", "probabilities"]
     assert all(len(row) == 2 for row in labels["top_labels"])
-    hits = search.predict(frame, params={"k": 3})
+    hits = search.predict(frame, params={"top_k": 3})  # the classifier's name for it
+    assert all(len(ids) == 3 for ids in hits["ids"])
     for f, ids in zip(files, hits["ids"]):
         assert int(f.stem) in ids

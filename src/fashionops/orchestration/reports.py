@@ -36,8 +36,9 @@ def mlflow_ui_url() -> str:
 
 
 def collect_reports(workspace: str | Path) -> dict[str, Any]:
-    """What the stages wrote: validation summary, metrics, per-class rows, the MLflow run
-    (``paths.run_file``) and the registration result; missing files are None."""
+    """What the stages wrote: validation summary, metrics, per-class rows, the MLflow run (the one
+    ``register`` logged the models into, else ``paths.run_file``) and the registration result;
+    missing files are None."""
     paths = workspace_params(workspace).paths
     evaluate = workspace_path(workspace, paths.reports("evaluate"))
     per_class_path = evaluate / "per_class.csv"
@@ -45,12 +46,17 @@ def collect_reports(workspace: str | Path) -> dict[str, Any]:
     if per_class_path.is_file():
         with per_class_path.open(newline="") as fh:
             per_class = list(csv.DictReader(fh))
+    mlflow_run = read_json(workspace_path(workspace, paths.run_file))
+    register = read_json(workspace_path(workspace, paths.reports("register")) / "result.json")
+    if mlflow_run and register and register.get("run_id"):
+        # The candidate's own run (a rerun of evaluate/index gets one beside train's): same experiment.
+        mlflow_run = {**mlflow_run, "run_id": register["run_id"]}
     return {
         "validation": read_json(workspace_path(workspace, paths.reports("validation")) / "summary.json"),
         "metrics": read_json(evaluate / "metrics.json"),
         "per_class": per_class,
-        "mlflow_run": read_json(workspace_path(workspace, paths.run_file)),
-        "register": read_json(workspace_path(workspace, paths.reports("register")) / "result.json"),
+        "mlflow_run": mlflow_run,
+        "register": register,
     }
 
 

@@ -12,7 +12,8 @@ Output of ``fashion-classifier`` (one row per image): ``label`` (str), ``probabi
 the full softmax vector in the order of the model metadata ``classes``). Param ``top_k`` (3).
 
 Output of ``fashion-visual-search`` (one row per image): ``ids``, ``names``, ``article_types``,
-``master_categories``, ``sub_categories`` (lists, nearest first) and ``distances``. Param ``k`` (5).
+``master_categories``, ``sub_categories`` (lists, nearest first) and ``distances``. Param ``top_k`` (5;
+``k``, its old name, is still accepted).
 
 ``predict`` is typed ``model_input: pd.DataFrame`` (the signature's input; a list or array passed
 to it directly still works). MLflow 3 reads these hints: a DataFrame hint means "the signature
@@ -205,8 +206,10 @@ class VisualSearchModel(PythonModel):
         self.searcher = IndexSearcher.load(context.artifacts[INDEX_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """One row per image: the ``k`` nearest catalogue items, nearest first (param ``k``)."""
-        k = _int_param(params, "k", 5, 1000)
+        """One row per image: the ``top_k`` nearest catalogue items, nearest first (param ``top_k``;
+        ``k``, its old name, still wins when given: the signature's default 0 means "not given")."""
+        legacy = (params or {}).get("k") or 0
+        k = _int_param(params, "k", 5, 1000) if legacy else _int_param(params, "top_k", 5, 1000)
         hits = self.searcher.search_images(self.predictor, decode_images(model_input), k)
         cols = {
             "ids": "id",
@@ -265,7 +268,7 @@ def visual_search_signature() -> Any:
             ColSpec(Array(DataType.string), "sub_categories"),
             ColSpec(Array(DataType.double), "distances"),
         ],
-        [ParamSpec("k", DataType.long, 5)],
+        [ParamSpec("top_k", DataType.long, 5), ParamSpec("k", DataType.long, 0)],  # k: deprecated name
     )
 
 

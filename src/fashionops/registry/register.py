@@ -44,6 +44,7 @@ from fashionops.registry.aliases import (
     swap_moves,
     version_metric,
 )
+from fashionops.registry.model_card import model_card
 from fashionops.registry.transaction import RegistryTransaction
 from fashionops.run_lineage import candidate_settings
 from fashionops.tracking import (
@@ -51,7 +52,6 @@ from fashionops.tracking import (
     log_artifacts_if_present,
     log_metrics_file,
     log_params_flat,
-    model_card,
     pipeline_run,
     run_tags,
     tracking_unreachable,
