@@ -19,6 +19,9 @@ from fashionops.orchestration.overrides import workspace_params, workspace_path
 
 # Where the MLflow UI is served (`make mlflow-ui`); only used to build links.
 MLFLOW_UI_ENV = "FASHIONOPS_MLFLOW_UI"
+# MLflow 3's UI opens in its GenAI view unless the link (or the reader's last choice) says otherwise;
+# the experiment's mlflow.experimentKind tag is not enough while the UI shows its workflow switch.
+ML_VIEW = "?workflowType=machine_learning"
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
 
@@ -143,7 +146,7 @@ def registry_links(
             {
                 "key": "mlflow-run",
                 "text": f"MLflow run {mlflow_run['run_id']}",
-                "link": f"{ui}/#/experiments/{exp}/runs/{mlflow_run['run_id']}",
+                "link": f"{ui}/#/experiments/{exp}/runs/{mlflow_run['run_id']}{ML_VIEW}",
             }
         )
     for name, version in registered_versions(register):
@@ -152,7 +155,7 @@ def registry_links(
             {
                 "key": f"registered-{slug}",
                 "text": f"{name} version {version}",
-                "link": f"{ui}/#/models/{name}/versions/{version}",
+                "link": f"{ui}/#/models/{name}/versions/{version}{ML_VIEW}",
             }
         )
     return links
