@@ -89,3 +89,17 @@ def test_per_epoch_curves_are_grouped_in_mlflow():
     assert [curve_name(k) for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch")] == [
         "train/loss", "val/loss", "val/accuracy", "val/macro_f1", "train/lr", "epoch"]
     assert curve_name("test_acc") == "test_acc"  # test/ names are the evaluate stage's
+
+
+def test_training_logs_the_learning_rate_once():
+    """The per-epoch ``train/lr`` curve is the only learning-rate metric: no LearningRateMonitor
+    beside it (it logged the same value again as ``lr-AdamW/pg1`` and ``lr-AdamW/pg2``)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fashionops.training.stage import attach_logger
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=1)
+    attach_logger(trainer, CSVLogger("/tmp"))
+    assert not [cb for cb in trainer.callbacks if isinstance(cb, LearningRateMonitor)]

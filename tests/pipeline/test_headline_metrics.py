@@ -84,6 +84,7 @@ def test_the_registered_run_logs_the_metrics_file_names_once_and_no_settings(tra
     # the per-epoch curves keep one value per epoch
     epochs = len((ws / "reports/train/history.csv").read_text().splitlines()) - 1
     assert {"train/loss", "val/loss", "val/accuracy", "val/macro_f1", "train/lr"} <= set(logged)
+    assert not [name for name in logged if name.startswith("lr-")]  # no second learning-rate curve
     assert len(client.get_metric_history(result["run_id"], "val/loss")) == epochs
 
 

@@ -35,11 +35,11 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from fashionops.config import PathsConfig, TrackingConfig, TrainConfig, flatten
 from fashionops.errors import FashionOpsError
@@ -198,9 +198,9 @@ def build_trainer(
 
 
 def attach_logger(trainer: L.Trainer, logger: Any) -> None:
-    """Log to ``logger`` (before ``fit``): the epoch metrics and the learning rate."""
+    """Log to ``logger`` (before ``fit``): the epoch metrics, the learning rate among them (one
+    ``train/lr`` value per epoch like every other curve; no LearningRateMonitor repeating it)."""
     trainer.loggers = [logger]
-    cast(Any, trainer).callbacks.append(LearningRateMonitor(logging_interval="step"))  # every log_every_n_steps
 
 
 # train params that may change between a run and its resume (placement, paths, patience)
