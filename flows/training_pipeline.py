@@ -10,9 +10,7 @@ this file only wires it into a flow: parameters (typed, with params.yaml's value
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,13 +46,10 @@ from fashionops.orchestration.reports import (
 from fashionops.orchestration.runner import (
     STAGES,
     experiment_name,
-    push_outputs,
-    remote_args,
+    push_unless_pushed,
     save_experiment,
     stage_env,
 )
-
-PUSHED_MARKER = ".dvc/tmp/fashionops-pushed"  # remote + dvc.lock digest of the last successful push
 
 
 def publish_results(reports: dict[str, Any], register: dict[str, Any] | None) -> list[dict[str, str]]:
@@ -93,23 +88,6 @@ def deployment_defaults() -> dict[str, Any]:
         schema = client.read_deployment(deployment.id).parameter_openapi_schema or {}
     properties = schema.get("properties", {})
     return {name: prop["default"] for name, prop in properties.items() if "default" in prop}
-
-
-def push_unless_pushed(ws: str, env: dict[str, str], nothing_changed: bool, log: Callable[[str], None]) -> str | None:
-    """``dvc push`` to ``$FASHIONOPS_DVC_REMOTE`` (None: no remote named); skipped when nothing
-    changed and this ``dvc.lock`` was already pushed there (a failed push or a new remote is
-    pushed by the next run, even one that changes nothing)."""
-    marker = Path(ws) / PUSHED_MARKER
-    lock = Path(ws) / "dvc.lock"
-    state = " ".join(remote_args(env)) + " " + (hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "")
-    if nothing_changed and marker.is_file() and marker.read_text() == state:
-        log(f"nothing changed: dvc push skipped ({remote_args(env)[-1]} already has these outputs)")
-        return None
-    remote = push_outputs(ws, env=env, log=log)  # $FASHIONOPS_DVC_REMOTE, when set
-    if remote is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(state)
-    return remote
 
 
 # The form's defaults: this checkout's params.yaml, read when the flow is imported (by

@@ -191,9 +191,10 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     return hashes
 
 
-def dvc_md5(path: str | Path) -> str | None:
-    """``dvc.lock``'s md5 of ``path`` (a stage output or ``data/raw.dvc``), None when it has none."""
-    hashes = dvc_hashes()
+def dvc_md5(path: str | Path, hashes: Mapping[str, str] | None = None) -> str | None:
+    """``dvc.lock``'s md5 of ``path`` (a stage output or ``data/raw.dvc``), None when it has none;
+    ``hashes``: :func:`dvc_hashes` already read (default: read now)."""
+    hashes = dvc_hashes() if hashes is None else hashes
     return hashes.get(_norm_path(path)) or hashes.get(str(path)) or None
 
 
@@ -211,8 +212,9 @@ def run_tags(paths: PathsConfig) -> dict[str, str]:
     if commit:
         tags["git_commit"] = commit
         tags["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
+    hashes = dvc_hashes()
     for path, key in ((paths.raw_dir, "dvc_raw_data_md5"), (paths.prepared_dir, "dvc_prepared_md5")):
-        md5 = dvc_md5(path)
+        md5 = dvc_md5(path, hashes)
         if md5:
             tags[key] = md5
     if os.environ.get("DVC_EXP_NAME"):

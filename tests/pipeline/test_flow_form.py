@@ -21,7 +21,7 @@ from fashionops.orchestration.overrides import (
     flow_overrides,
     run_defaults,
 )
-from fashionops.orchestration.runner import stage_env
+from fashionops.orchestration.runner import PUSHED_MARKER, push_unless_pushed, stage_env
 
 
 def _schema(fn) -> dict:
@@ -167,11 +167,10 @@ def test_a_run_that_changes_nothing_saves_no_experiment_and_registers_nothing(tr
     assert "registration" not in arts and not any(key.startswith("registered-") for key in arts), sorted(arts)
     assert "evaluation-metrics" in arts  # the metrics of the model the workspace holds are still shown
     # dvc push: a run that changes nothing skips it once this dvc.lock reached the remote
-    tp = flow_modules[0]
     dvc("remote", "add", "team", str(tmp_path / "remote"), cwd=ws)
     env, lines = {**stage_env(), "FASHIONOPS_DVC_REMOTE": "team"}, []
-    assert tp.push_unless_pushed(str(ws), env, True, lines.append) == "team"  # never pushed there yet
-    assert any((tmp_path / "remote").rglob("*")) and (ws / tp.PUSHED_MARKER).is_file()
-    assert tp.push_unless_pushed(str(ws), env, True, lines.append) is None
+    assert push_unless_pushed(str(ws), env, True, lines.append) == "team"  # never pushed there yet
+    assert any((tmp_path / "remote").rglob("*")) and (ws / PUSHED_MARKER).is_file()
+    assert push_unless_pushed(str(ws), env, True, lines.append) is None
     assert "nothing changed: dvc push skipped" in lines[-1]
-    assert tp.push_unless_pushed(str(ws), env, False, lines.append) == "team"  # a run that changed something
+    assert push_unless_pushed(str(ws), env, False, lines.append) == "team"  # a run that changed something

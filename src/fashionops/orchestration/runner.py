@@ -14,12 +14,14 @@ and above).
   catalogue is missing.
 * :func:`save_experiment` - ``dvc exp save`` so a run is traceable to code, params and data.
 * :func:`push_outputs` - ``dvc push`` to ``$FASHIONOPS_DVC_REMOTE`` (the stack's ``stack`` remote)
-  when it is set; :func:`ensure_raw_data` pulls from the same remote.
+  when it is set; :func:`ensure_raw_data` pulls from the same remote; :func:`push_unless_pushed`
+  skips a push that would send nothing new.
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
 import os
 import re
@@ -32,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fashionops.atomic import write_text
 from fashionops.orchestration.failures import PipelineError, StageFailed, error_message
 from fashionops.orchestration.overrides import workspace_params, workspace_path
 from fashionops.orchestration.relay import Relay
@@ -39,6 +42,7 @@ from fashionops.stages import STAGES as STAGE_TABLE
 
 STAGES: tuple[str, ...] = tuple(STAGE_TABLE)  # the DVC stages, in pipeline order
 REMOTE_ENV = "FASHIONOPS_DVC_REMOTE"  # the DVC remote a flow pulls from and pushes to
+PUSHED_MARKER = ".dvc/tmp/fashionops-pushed"  # remote + dvc.lock digest of the last successful push
 STOP_GRACE_S = 20.0  # how long a stopped stage gets to clean up before SIGKILL
 IDLE_S = 0.3  # a command quiet this long: its pending record is logged
 # DVC's hint after every stage; the flow pushes itself (push_outputs) when a remote is named
@@ -53,8 +57,6 @@ def stage_env(flow_run_id: str | None = None, experiment: str | None = None) -> 
     ``FASHIONOPS_FLOW_RUN_ID`` and ``DVC_EXP_NAME`` so MLflow tags the run with them."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    # MLflow's download bars: frames in a log, never a live bar (the output is a pipe)
-    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     if flow_run_id:
@@ -287,6 +289,22 @@ def push_outputs(workspace: str | Path, env: dict[str, str] | None = None, log: 
     if code != 0:
         raise StageFailed.from_output("push", code, lines)
     return args[1]
+
+
+def push_unless_pushed(ws: str, env: dict[str, str], nothing_changed: bool, log: LogFn) -> str | None:
+    """``dvc push`` to ``$FASHIONOPS_DVC_REMOTE`` (None: no remote named); skipped when nothing
+    changed and this ``dvc.lock`` was already pushed there (a failed push or a new remote is
+    pushed by the next run, even one that changes nothing)."""
+    marker = Path(ws) / PUSHED_MARKER
+    lock = Path(ws) / "dvc.lock"
+    state = " ".join(remote_args(env)) + " " + (hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "")
+    if nothing_changed and marker.is_file() and marker.read_text() == state:
+        emit(log, logging.INFO, f"nothing changed: dvc push skipped ({remote_args(env)[-1]} already has these outputs)")
+        return None
+    remote = push_outputs(ws, env=env, log=log)  # $FASHIONOPS_DVC_REMOTE, when set
+    if remote is not None:
+        write_text(marker, state)
+    return remote
 
 
 def save_experiment(
