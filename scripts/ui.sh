@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make ui`: a local Prefect server with both deployments served by a process worker, and the
+# `make ui`: a local Prefect server with every deployment of prefect.yaml served by a process worker, and the
 # MLflow UI over the embedded store. Prints the URLs; Ctrl-C stops everything it started.
 #   PREFECT_PORT (4200), MLFLOW_PORT (5000), BIN (.venv/bin) can be overridden.
 set -euo pipefail
@@ -55,6 +55,11 @@ CRON=$("$BIN/python" -c "import yaml; print((yaml.safe_load(open('params.yaml'))
 if [[ -n "$CRON" ]]; then
   "$BIN/prefect" --no-prompt deploy --name index-refresh --cron "$CRON"
 fi
+# Optional schedule for drift-report from params.yaml (monitor.cron, e.g. "0 6 * * *").
+CRON=$("$BIN/python" -c "import yaml; print((yaml.safe_load(open('params.yaml')).get('monitor') or {}).get('cron') or '')")
+if [[ -n "$CRON" ]]; then
+  "$BIN/prefect" --no-prompt deploy --name drift-report --cron "$CRON"
+fi
 echo "starting a worker on pool $POOL (logs: $LOGS/worker.log)"
 "$BIN/prefect" worker start --pool "$POOL" >"$LOGS/worker.log" 2>&1 &
 pids+=($!)
@@ -62,7 +67,7 @@ wait_for "http://$HOST:$MLFLOW_PORT/health" "MLflow UI" "$LOGS/mlflow.log"
 
 cat <<MSG
 
-  Prefect UI   http://$HOST:$PREFECT_PORT        (deployments: training-pipeline, index-refresh)
+  Prefect UI   http://$HOST:$PREFECT_PORT        (deployments: training-pipeline, index-refresh, batch-scoring, drift-report, hpo-sweep)
   MLflow UI    http://$HOST:$MLFLOW_PORT
   run one:     PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run training-pipeline/training-pipeline -p epochs=1
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionops.cli_format import HelpFormatter, Parser, installed_version, positive_int, print_summary
+from fashionops.cli_operations import add_operation_commands
 from fashionops.config import Params, dump_params, list_presets, load_params, preset_info
 from fashionops.errors import FashionOpsError, Terminated, os_error_message
 from fashionops.logs import configure_logging
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("gx-init", cmd_gx_init, "(re)create the Great Expectations context (suites, data source) in gx/")
     sp.add_argument("--gx-dir", help="directory to create (default: paths.gx_dir)")
+
+    add_operation_commands(add)
 
     help_ = "the MLflow steps of the index-refresh flow (run in the workspace)"
     steps = sub.add_parser("refresh", help=help_, description=help_).add_subparsers(

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
+from fashionops.config_base import Section as Section  # every section's base (forbids unknown keys)
+from fashionops.config_operations import MonitorConfig, ScoreConfig, SweepConfig
 from fashionops.errors import ConfigError as ConfigError  # raised here; importable from config as before
 from fashionops.errors import did_you_mean as did_you_mean
 from fashionops.presets import PRESETS_DIR as PRESETS_DIR  # the preset files and their descriptions
@@ -29,10 +31,6 @@ from fashionops.presets import PresetInfo as PresetInfo
 from fashionops.presets import list_presets as list_presets
 from fashionops.presets import load_preset
 from fashionops.presets import preset_info as preset_info
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class PathsConfig(Section):
@@ -91,10 +89,17 @@ class SplitConfig(Section):
     test: float = Field(default=0.1, gt=0, lt=1)
 
 
+Attribute = Literal["masterCategory", "subCategory", "articleType", "baseColour", "gender", "season", "usage"]
+
+
 class PrepareConfig(Section):
     """``prepare`` stage: filtering, label encoding, duplicate-aware split, balancing, cache."""
 
     label: Literal["masterCategory", "subCategory", "articleType"] = "articleType"
+    # Multi-attribute tagging: one backbone, one head per attribute, `label` first (its classes are
+    # filtered, split and balanced as always; the others are tagged where the catalogue has them).
+    # [] = `label` alone.
+    labels: list[Attribute] = []
     min_images_per_class: int = Field(default=100, ge=1)
     include: list[str] = []
     exclude: list[str] = []
@@ -106,6 +111,21 @@ class PrepareConfig(Section):
     image_height: int = Field(default=80, ge=8)
     image_width: int = Field(default=60, ge=8)
     workers: int = Field(default=2, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _label_first(cls, labels: list[str], info: ValidationInfo) -> list[str]:
+        label = info.data.get("label")
+        if labels and labels[0] != label:
+            raise ValueError(f"must start with prepare.label ({label})")
+        if len(set(labels)) != len(labels):
+            raise ValueError("repeats an attribute")
+        return labels
+
+    @property
+    def attributes(self) -> list[str]:
+        """The attributes the classifier tags: ``labels``, or ``[label]`` when it is empty."""
+        return list(self.labels) or [self.label]
 
 
 class AugmentConfig(Section):
@@ -137,6 +157,8 @@ class TrainConfig(Section):
     freeze_groups: int = Field(default=0, ge=0)
     loss: Literal["ce", "weighted_ce", "mse"] = "ce"
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    # multi-attribute tagging (prepare.labels): attribute -> weight of its head's loss (absent: 1.0)
+    loss_weights: dict[str, float] = {}
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
@@ -278,6 +300,9 @@ class Params(Section):
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
     stack: StackConfig = StackConfig()
+    score: ScoreConfig = ScoreConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    sweep: SweepConfig = SweepConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict with the section names of ``params.yaml``."""
@@ -373,7 +398,8 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(_unknown_key(tuple(err["loc"]), err.get("input")))
         else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            got = err.get("input")
+            lines.append(f"{loc}: {err['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return f"invalid configuration in {origin}:\n  " + "\n  ".join(lines)
 
 

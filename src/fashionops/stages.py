@@ -88,6 +88,7 @@ KEYWORD_PARAMS: dict[str, str | None] = {
     "embedder_dir": "index.embedder_dir",
     "resume": None,
     "run_config": None,
+    "callbacks": None,  # train: extra Lightning callbacks (a sweep's pruning)
     "on_step": None,
     "data_dir": None,
     "model_uri": None,

@@ -114,7 +114,7 @@ def test_answers_name_the_model_and_health_keeps_its_metrics(client, champion, c
 def test_classify_uses_the_pyfunc_names(client, champion, catalogue):
     item_id = int(catalogue.index[1])
     body = client.post("/classify", files=_photo(champion, item_id), data={"top_k": "3"}).json()
-    assert set(body) == {"label", "probability", "top_labels", "top_probabilities", "model"}
+    assert set(body) == {"label", "probability", "top_labels", "top_probabilities", "attributes", "model"}
     assert len(body["top_labels"]) == len(body["top_probabilities"]) == 3
     assert body["top_labels"][0] == body["label"] and body["top_probabilities"][0] == body["probability"]
     # top_k in the query string; the old name k still works, and top_k wins when both are sent

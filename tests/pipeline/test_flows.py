@@ -217,7 +217,7 @@ def test_flows_deploy_with_parameter_schema(prefect_api, flow_modules):
         assert client.read_flow(dep.flow_id).name == "training-pipeline"
 
 
-def test_prefect_yaml_deploys_both_flows(prefect_api, tmp_path):
+def test_prefect_yaml_deploys_every_flow(prefect_api, tmp_path):
     """`prefect deploy --all` with the project's prefect.yaml against the test server."""
     import os
     import subprocess
@@ -227,7 +227,7 @@ def test_prefect_yaml_deploys_both_flows(prefect_api, tmp_path):
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
-    assert names == {"training-pipeline", "index-refresh"}
+    assert names == {"training-pipeline", "index-refresh", "batch-scoring", "drift-report", "hpo-sweep"}
     from prefect.client.schemas.actions import WorkPoolCreate
 
     pool = spec["deployments"][0]["work_pool"]["name"]
@@ -243,6 +243,12 @@ def test_prefect_yaml_deploys_both_flows(prefect_api, tmp_path):
         assert "epochs" in dep.parameter_openapi_schema["properties"]
         refresh = client.read_deployment_by_name("index-refresh/index-refresh")
         assert refresh.entrypoint == "flows/index_refresh.py:index_refresh"
+        for name, entrypoint in [
+            ("batch-scoring/batch-scoring", "flows/batch_scoring.py:batch_scoring"),
+            ("drift-report/drift-report", "flows/drift_report.py:drift_report"),
+            ("hpo-sweep/hpo-sweep", "flows/hpo_sweep.py:hpo_sweep"),
+        ]:
+            assert client.read_deployment_by_name(name).entrypoint == entrypoint
 
 
 # ------------------------------------------------------------------------------ slow: end to end

@@ -93,7 +93,9 @@ def test_registered_models_load_without_unpickling_and_predict(registered, monke
     files = [Path(params.paths.raw_dir) / "images" / f"{i}.jpg" for i in items["id"].iloc[[0, 5]]]
     frame = pd.DataFrame({"image": [f.read_bytes() for f in files]})
     labels = classifier.predict(frame, params={"top_k": 2})
-    assert list(labels.columns) == ["label", "probability", "top_labels", "top_probabilities", "probabilities"]
+    assert list(labels.columns) == [
+        "label", "probability", "top_labels", "top_probabilities", "probabilities", "attributes"
+    ]
     assert all(len(row) == 2 for row in labels["top_labels"])
     hits = search.predict(frame, params={"top_k": 3})  # the classifier's name for it
     assert all(len(ids) == 3 for ids in hits["ids"])

@@ -236,7 +236,7 @@ def test_request_errors_keep_their_messages(client, serve_params, items):
 def test_responses_hold_exactly_the_keys_they_always_held(client, serve_params, items):
     photo = _upload(_image_file(serve_params, int(items["id"].iloc[0])))
     body = client.post("/classify", files=photo).json()
-    assert set(body) == {"label", "probability", "top_labels", "top_probabilities", "model"}
+    assert set(body) == {"label", "probability", "top_labels", "top_probabilities", "attributes", "model"}
     assert set(body["model"]) == {"name", "version", "alias", "source"}  # no filesystem path
     found = client.post("/search", files=photo).json()
     assert set(found) == {"query", "results", "model"}

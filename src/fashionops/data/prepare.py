@@ -8,6 +8,12 @@ is_copy), ``labels.json`` and ``class_weights.json``; plus ``<paths.reports_dir>
 (counts, per-class counts, dropped classes, duplicate groups, settings, speed) and ``metrics.json``
 beside it (the DVC metrics file, same names in MLflow: :func:`headline_metrics`, ``data/images``,
 ``data/classes``, ...).
+
+Multi-attribute tagging (``prepare.labels``): the primary ``label`` still drives filtering, the
+split and balancing exactly as above (same rows, same split); the extra attributes are encoded
+by :mod:`fashionops.data.attributes` into extra ``index.parquet`` columns (``<attribute>``,
+``<attribute>_idx``; ``-1`` = ignored for that head), ``labels.json`` ``attributes`` and the
+summary's ``attributes`` (per-attribute class counts).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from PIL import Image
 
 from fashionops.atomic import staged_dir, write_json
 from fashionops.config import ConfigError, PathsConfig, PrepareConfig
+from fashionops.data.attributes import attribute_summary, encode_attributes
 from fashionops.data.catalogue import load_catalogue
 from fashionops.data.imaging import decode_files_into
 from fashionops.errors import DataError
@@ -255,10 +262,12 @@ def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
     raw_dir = Path(paths.raw_dir)
     catalogue = load_catalogue(raw_dir)
     column = cfg.label
+    extras = cfg.attributes[1:]  # multi-attribute: the extra heads' columns ride along
 
     labels = catalogue[column]
     missing_label = labels.isna() | (labels.astype(str).str.strip() == "")
-    frame = catalogue.loc[~missing_label, ["id", column, "file"]].rename(columns={column: "label"})
+    carried = [c for c in extras if c in catalogue.columns]  # a missing one: DataError below
+    frame = catalogue.loc[~missing_label, ["id", column, "file", *carried]].rename(columns={column: "label"})
     frame["label"] = frame["label"].astype(str)
     classes, dropped = select_classes(frame["label"], cfg.min_images_per_class, cfg.include, cfg.exclude, column)
     if not classes:
@@ -294,6 +303,12 @@ def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
                 "is_copy": False,
             }
         )
+        attribute_classes: dict[str, list[str]] = {}
+        rare: dict[str, dict[str, int]] = {}
+        if extras:
+            extra_columns, attribute_classes, rare = encode_attributes(frame, extras, str(raw_dir))
+            for name, values in extra_columns.items():
+                index[name] = values.to_numpy()
 
         n_copies = 0
         if cfg.balance == "oversample":
@@ -304,7 +319,10 @@ def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
 
         weights = class_weights(index.loc[index["split"] == "train", "label_idx"], len(classes))
         index.to_parquet(tmp_dir / "index.parquet", index=False)
-        write_json(tmp_dir / "labels.json", {"column": column, "classes": classes})
+        labels_doc: dict[str, Any] = {"column": column, "classes": classes}
+        if extras:
+            labels_doc["attributes"] = attribute_classes
+        write_json(tmp_dir / "labels.json", labels_doc)
         write_json(tmp_dir / "class_weights.json", {"weights": weights})
 
     seconds = time.perf_counter() - started
@@ -340,6 +358,8 @@ def run_prepare(cfg: PrepareConfig, paths: PathsConfig) -> dict[str, Any]:
         "workers": cfg.workers,
         "out_dir": str(out_dir),
     }
+    if extras:
+        summary["attributes"] = attribute_summary(index, attribute_classes, rare)
     write_json(report_path(paths), summary)
     write_json(report_path(paths).with_name("metrics.json"), headline_metrics(summary))
     return summary
@@ -373,5 +393,8 @@ def _append_copies(npy: Path, index: pd.DataFrame, plan: list[tuple[int, int]], 
             "source_id": source["id"],
             "is_copy": True,
         }
-    ).astype(index.dtypes.to_dict())
+    )
+    for name in index.columns.difference(copies.columns):  # extra attributes: the source's values
+        copies[name] = source[name].to_numpy()
+    copies = copies[list(index.columns)].astype(index.dtypes.to_dict())
     return pd.concat([index, copies], ignore_index=True)

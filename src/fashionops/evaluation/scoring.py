@@ -3,6 +3,10 @@
 The model is either the trained model directory (through the :class:`Predictor`) or any
 logged/registered classifier pyfunc (``--model-uri``); both give probabilities over the
 model's ``classes``, and images of classes the model does not know are excluded and counted.
+
+A multi-attribute model (``spec.attributes``, the local model) is scored on every head in one
+pass: :attr:`Scored.heads` holds one :class:`Scored` per extra attribute over the images whose
+value of it the model knows (missing values and classes the head lacks are excluded and counted).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Scored:
     label_column: str
     source: str
     excluded: dict[str, int] = field(default_factory=dict)  # unknown class -> images dropped
+    heads: dict[str, Scored] = field(default_factory=dict)  # multi-attribute: extra attribute -> its scores
+    majority: int | None = None  # the train split's most frequent class (a baseline), when known
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -47,6 +53,17 @@ class ScoringModel:
     classes: list[str]
     label_column: str
     predict_proba: Callable[[Any], np.ndarray]  # list of HxWx3 uint8 images or NHWC batch -> (N, C)
+    # multi-attribute models: extra attribute -> classes, and images -> {attribute: (N, C_a)} for
+    # every head, the primary included (one pass)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    predict_attributes: Callable[[Any], dict[str, np.ndarray]] | None = None
+
+    def predict_all(self, images: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(primary probabilities, {extra attribute: probabilities}) in one pass where it can."""
+        if not self.attributes or self.predict_attributes is None:
+            return self.predict_proba(images), {}
+        probs = self.predict_attributes(images)
+        return probs[self.label_column], {a: probs[a] for a in self.attributes if a in probs}
 
 
 def local_model(model_dir: str | Path, batch_size: int) -> ScoringModel:
@@ -54,17 +71,35 @@ def local_model(model_dir: str | Path, batch_size: int) -> ScoringModel:
 
     predictor = Predictor.from_dir(model_dir).require_classifier(str(model_dir))
 
-    def predict(images: Any) -> np.ndarray:
+    def predict_heads(images: Any) -> dict[str, np.ndarray]:
         # ~10 slices of whole batches (the same batches as one call): a progress line each
         size = batch_size * max(1, -(-len(images) // (batch_size * 10)))
-        out = []
+        parts: dict[str, list[np.ndarray]] = {}
         with Progress(len(images), "scored", unit="images", logger=log) as progress:
             for start in range(0, len(images), size):
-                out.append(predictor.predict_proba(images[start : start + size], batch_size).astype(np.float64))
-                progress.update(len(out[-1]))
-        return np.concatenate(out) if out else np.zeros((0, len(predictor.classes)))
+                chunk = images[start : start + size]
+                probs = (
+                    predictor.predict_attribute_proba(chunk, batch_size)
+                    if predictor.spec.attributes
+                    else {predictor.spec.label_column: predictor.predict_proba(chunk, batch_size)}
+                )
+                for name, p in probs.items():
+                    parts.setdefault(name, []).append(p.astype(np.float64))
+                progress.update(len(chunk))
+        if not parts:
+            return {predictor.spec.label_column: np.zeros((0, len(predictor.classes)))}
+        return {name: np.concatenate(p) for name, p in parts.items()}
 
-    return ScoringModel(predictor.classes, predictor.spec.label_column, predict)
+    def predict(images: Any) -> np.ndarray:
+        return predict_heads(images)[predictor.spec.label_column]
+
+    return ScoringModel(
+        predictor.classes,
+        predictor.spec.label_column,
+        predict,
+        attributes={a: list(c) for a, c in predictor.spec.attributes.items()},
+        predict_attributes=predict_heads if predictor.spec.attributes else None,
+    )
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -114,6 +149,39 @@ def _encode_labels(labels: Sequence[str], classes: list[str]) -> tuple[np.ndarra
     return mask, known[mask].astype(np.int64).to_numpy(), {str(k): int(v) for k, v in excluded.items()}
 
 
+def _majority(labels: Sequence[str], classes: list[str]) -> int | None:
+    """Index of the most frequent of ``labels`` among ``classes`` (ties: the first class), or None."""
+    mask, idx, _ = _encode_labels(labels, classes)
+    return int(np.bincount(idx, minlength=len(classes)).argmax()) if mask.any() else None
+
+
+def _score_heads(
+    model: ScoringModel,
+    rows: pd.DataFrame,
+    probs: dict[str, np.ndarray],
+    source: str,
+    train: pd.DataFrame | None = None,
+) -> dict[str, Scored]:
+    """One :class:`Scored` per extra attribute over ``rows`` (aligned with ``probs``): rows whose
+    value the head does not know (missing: ``"(missing)"``) are excluded and counted."""
+    from fashionops.data.attributes import attribute_values
+
+    heads: dict[str, Scored] = {}
+    for name, classes in model.attributes.items():
+        if name not in rows.columns or name not in probs:
+            log.warning("%s: no %r values: the %s head is not evaluated", source, name, name)
+            continue
+        values = attribute_values(rows[name])
+        mask, y_true, excluded = _encode_labels(values, classes)
+        excluded = {(k or "(missing)"): v for k, v in excluded.items()}
+        if not mask.any():
+            log.warning("%s: no image with a %s value the model knows: the head is not evaluated", source, name)
+            continue
+        majority = _majority(attribute_values(train[name]), classes) if train is not None and name in train else None
+        heads[name] = Scored(probs[name][mask], y_true, list(classes), name, source, excluded, majority=majority)
+    return heads
+
+
 def score_test_split(model: ScoringModel, prepared_dir: str | Path) -> Scored:
     """Score the test split of the prepared cache (oversampled copies excluded)."""
     prepared_dir = Path(prepared_dir)
@@ -131,9 +199,16 @@ def score_test_split(model: ScoringModel, prepared_dir: str | Path) -> Scored:
     if rows.size == 0:
         raise DataError(f"none of the test-split classes are known to the model (unknown: {excluded})")
     images = np.load(prepared_dir / "images.npy", mmap_mode="r")
-    proba = model.predict_proba(np.ascontiguousarray(images[np.sort(rows)]))
+    proba, head_probs = model.predict_all(np.ascontiguousarray(images[np.sort(rows)]))
     order = np.argsort(np.argsort(rows))  # images were read in sorted row order
-    return Scored(proba[order], y_true, model.classes, model.label_column, f"{prepared_dir} (test split)", excluded)
+    source = f"{prepared_dir} (test split)"
+    scored = Scored(proba[order], y_true, model.classes, model.label_column, source, excluded)
+    if model.attributes:
+        train = index[(index["split"] == "train") & ~index["is_copy"].astype(bool)]
+        scored.majority = _majority(train["label"], model.classes)
+        probs = {name: p[order] for name, p in head_probs.items()}
+        scored.heads = _score_heads(model, test[mask].reset_index(drop=True), probs, source, train)
+    return scored
 
 
 def score_catalogue(model: ScoringModel, data_dir: str | Path) -> Scored:
@@ -150,4 +225,8 @@ def score_catalogue(model: ScoringModel, data_dir: str | Path) -> Scored:
     if files.size == 0:
         raise DataError(f"{data_dir}: no image of a class the model knows (found: {excluded})")
     images = [load_rgb(f, name=str(f)) for f in files]  # resized by the model, as the cache was made
-    return Scored(model.predict_proba(images), y_true, model.classes, model.label_column, str(data_dir), excluded)
+    proba, head_probs = model.predict_all(images)
+    scored = Scored(proba, y_true, model.classes, model.label_column, str(data_dir), excluded)
+    if model.attributes:
+        scored.heads = _score_heads(model, cat[mask].reset_index(drop=True), head_probs, str(data_dir))
+    return scored

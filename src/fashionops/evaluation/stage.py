@@ -7,7 +7,8 @@ misclassified_pairs.csv, predictions.csv, confusion_matrix.png, per_class_f1.png
 training_curves.png}``. Metric names are ``test/<name>``: ``metrics.json`` (the DVC metrics file,
 logged to MLflow under the same names; the registry compares on ``test/macro_f1``) holds the
 headline scores (:data:`fashionops.evaluation.metrics.TEST_HEADLINE`), ``summary.json`` every score
-and count.
+and count. A multi-attribute model adds every extra head's scores (``test/<attribute>_accuracy``,
+``per_class_<attribute>.csv``, ``attributes.csv``: :mod:`fashionops.evaluation.heads`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ import pandas as pd
 
 from fashionops.atomic import write_text
 from fashionops.config import EvaluateConfig, PathsConfig, TrackingConfig
+from fashionops.evaluation.heads import (
+    head_headline_names,
+    head_metrics,
+    head_report_files,
+    majority_scores,
+    write_head_reports,
+)
 from fashionops.evaluation.metrics import (
     TEST_HEADLINE,
     classification_metrics,
@@ -61,6 +69,10 @@ def write_reports(
     raw = classification_metrics(y_true, y_pred, scored.proba, len(classes))
     metrics: dict[str, Any] = {headline_name(k): (None if np.isnan(v) else v) for k, v in raw.items()}
     metrics[headline_name("n_excluded")] = float(sum(scored.excluded.values()))
+    if scored.heads:  # multi-attribute: every extra head, and the primary's majority baseline
+        metrics.update(head_metrics(scored))
+        metrics.update({headline_name(k): v for k, v in majority_scores(scored).items()})
+        write_head_reports(scored, metrics, out)
     report = per_class_report(y_true, y_pred, classes)
     pairs = misclassified_pairs(y_true, y_pred, classes, top_misclassified)
     write_text(out / "per_class.csv", report.to_csv(index=False))
@@ -83,14 +95,15 @@ def write_reports(
     plot_training_curves(history, out / "training_curves.png")
     write_text(out / "summary.json", json.dumps(metrics, indent=2))
     # last: its presence means complete
-    write_text(out / "metrics.json", json.dumps(headline_metrics(metrics), indent=2))
+    write_text(out / "metrics.json", json.dumps(headline_metrics(metrics, list(scored.heads)), indent=2))
     return metrics
 
 
-def headline_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+def headline_metrics(summary: dict[str, Any], attributes: list[str] | None = None) -> dict[str, Any]:
     """The ``metrics.json`` subset of every test score: the :data:`TEST_HEADLINE` names that have a
-    value (ROC-AUC, AUPRC and log loss need probabilities)."""
-    names = [headline_name(k) for k in TEST_HEADLINE]
+    value (ROC-AUC, AUPRC and log loss need probabilities), then each extra head's
+    (``attributes``: ``test/<attribute>_accuracy``, ``test/<attribute>_macro_f1``)."""
+    names = [headline_name(k) for k in TEST_HEADLINE] + head_headline_names(attributes or [])
     return {name: summary[name] for name in names if summary.get(name) is not None}
 
 
@@ -128,6 +141,15 @@ def run_evaluate(
         int(metrics["test/n_samples"]),
         scored.source,
     )
+    for attribute, head in scored.heads.items():
+        log.info(
+            "test %s: accuracy %.4f, macro-F1 %.4f on %d images (%d without a known value)",
+            attribute,
+            metrics[f"test/{attribute}_accuracy"],
+            metrics[f"test/{attribute}_macro_f1"],
+            len(head.y_true),
+            int(sum(head.excluded.values())),
+        )
 
     ctx: Any
     if model_uri or data_dir:
@@ -144,8 +166,8 @@ def run_evaluate(
         ctx = pipeline_run(tracking, paths, stage="evaluate", evaluate=cfg)  # other settings: another candidate run
     with ctx as run:
         # the headline names only (as in metrics.json); every score is in the summary.json artifact
-        mlflow.log_metrics({k: float(v) for k, v in headline_metrics(metrics).items()})
-        for name in REPORT_FILES:
+        mlflow.log_metrics({k: float(v) for k, v in headline_metrics(metrics, list(scored.heads)).items()})
+        for name in REPORT_FILES + head_report_files(scored):
             mlflow.log_artifact(str(out / name), artifact_path="evaluate")
         run_id = run.info.run_id
     return {

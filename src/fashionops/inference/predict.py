@@ -85,9 +85,10 @@ def predict_images(
     params: Params, images: Iterable[str | Path], model_uri: str | None = None, k: int = 3
 ) -> Iterator[dict[str, Any]]:
     """Classify image files; yields one JSON-able dict per image, in order:
-    ``{"file", "label", "probability", "top_labels": [...], "top_probabilities": [...]}`` (the
-    pyfunc's output names, ``k`` of each), or ``{"file", "error"}`` for a file that is not a readable
-    image (the others are still scored).
+    ``{"file", "label", "probability", "top_labels": [...], "top_probabilities": [...],
+    "attributes": {name: {"label", "probability"}}}`` (the pyfunc's output names, ``k`` of each top
+    list; ``attributes``: every attribute the model tags, the primary label first), or
+    ``{"file", "error"}`` for a file that is not a readable image (the others are still scored).
     """
     from mlflow.exceptions import MlflowException
 
@@ -97,6 +98,7 @@ def predict_images(
     if k < 1:
         raise DataError(f"k must be >= 1 (got {k})")
     model = load_classifier(params, model_uri)
+    primary = str((model.metadata.metadata or {}).get("label_column") or "label")
     pending: list[tuple[str, Any]] = []
 
     def flush() -> Iterator[dict[str, Any]]:
@@ -113,6 +115,10 @@ def predict_images(
                 "probability": round(float(row["probability"]), 6),
                 "top_labels": list(row["top_labels"]),
                 "top_probabilities": [round(float(p), 6) for p in row["top_probabilities"]],
+                "attributes": {
+                    name: {"label": tag["label"], "probability": round(float(tag["probability"]), 6)}
+                    for name, tag in _attributes(row, primary).items()
+                },
             }
         pending.clear()
 
@@ -128,3 +134,12 @@ def predict_images(
         if len(pending) >= BATCH:
             yield from flush()
     yield from flush()
+
+
+def _attributes(row: dict[str, Any], primary: str) -> dict[str, Any]:
+    """The row's ``attributes``; a model registered before they existed (it runs its own logged
+    copy of the pyfunc) gives its primary label alone, named by its metadata's ``label_column``."""
+    tags = row.get("attributes")
+    if isinstance(tags, dict) and tags:
+        return tags
+    return {primary: {"label": row["label"], "probability": row["probability"]}}

@@ -3,9 +3,11 @@ pyfunc models and the server.
 
 A predictor holds a module and its :class:`~fashionops.models.spec.ModelSpec` and turns uint8
 RGB images into class probabilities, top-k labels, embeddings, or the index's encoding
-(embedding + probabilities, optionally averaged with the mirror image). Resizing follows one
-rule: a uint8 NHWC batch is resized on the tensor, as training resizes the prepared cache;
-single images of any size are resized with PIL first, as the cache itself was made.
+(embedding + probabilities, optionally averaged with the mirror image). A multi-attribute model
+(``spec.attributes``: extra heads) is classified in one pass of ``module.attribute_logits``;
+:meth:`Predictor.classify` gives every attribute (the primary label first) for every model.
+Resizing follows one rule: a uint8 NHWC batch is resized on the tensor, as training resizes the
+prepared cache; single images of any size are resized with PIL first, as the cache itself was made.
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ class Predictor:
         return list(self.spec.classes) or [str(i) for i in range(self.spec.num_classes)]
 
     @property
+    def attributes(self) -> dict[str, list[str]]:
+        """Every attribute the model tags -> its classes, the primary label (``spec.label_column``,
+        :attr:`classes`) first, then the extra heads in ``attribute_logits`` order."""
+        return {self.spec.label_column: self.classes, **{a: list(c) for a, c in self.spec.attributes.items()}}
+
+    @property
     def is_scripted(self) -> bool:
         """Whether the module is a (frozen) TorchScript trace."""
         return isinstance(self.module, torch.jit.ScriptModule)
@@ -139,15 +147,58 @@ class Predictor:
         k = max(1, min(int(k), probs.shape[1]))
         return np.argsort(-probs, axis=1)[:, :k]
 
+    def predict_attribute_proba(self, images: Images, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Softmax probabilities per attribute (name -> (N, C) float32 over its classes), in
+        :attr:`attributes` order. A single-head model gives its primary label alone (the same
+        pass as :meth:`predict_proba`); a multi-attribute model runs ``attribute_logits`` once
+        for all heads."""
+        names = list(self.attributes)
+        if not self.spec.attributes:
+            return {names[0]: self.predict_proba(images, batch_size)}
+        self.require_classifier("the model")
+        parts: list[list[np.ndarray]] = [[] for _ in names]
+        with torch.inference_mode():
+            for x in self._batches(images, batch_size):
+                heads = _as_tuple(self.module.attribute_logits(x))
+                if len(heads) != len(names):
+                    raise FashionOpsError(
+                        f"the model gives {len(heads)} heads but its spec names {len(names)} attributes ({names})"
+                    )
+                for out, logits in zip(parts, heads):
+                    out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        return {name: np.concatenate(p) for name, p in zip(names, parts)}
+
     def classify(self, images: Images, k: int, batch_size: int = 256) -> list[dict[str, Any]]:
-        """Per image: ``{"label", "probability", "top": [{"label", "probability"}, ...]}``."""
-        probs = self.predict_proba(images, batch_size)
+        """Per image: ``{"label", "probability", "top": [{"label", "probability"}, ...],
+        "attributes": {name: {"label", "probability"}}}``; ``top`` is the primary label's ``k``
+        most probable classes, ``attributes`` every attribute's most probable class, the primary
+        first (a single-head model: the primary alone, so the key is always there)."""
+        probs = self.predict_attribute_proba(images, batch_size)
+        primary = next(iter(probs.values()))
+        orders = self.top_k(primary, k)
         classes = self.classes
         out = []
-        for row, order in zip(probs, self.top_k(probs, k)):
+        for row, order, tags in zip(primary, orders, self.attribute_tags(probs, orders[:, 0])):
             top = [{"label": classes[i], "probability": float(row[i])} for i in order]
-            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
+            out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top, "attributes": tags})
         return out
+
+    def attribute_tags(
+        self, probs: dict[str, np.ndarray], primary_best: Sequence[int] | np.ndarray
+    ) -> list[dict[str, Any]]:
+        """Per image ``{attribute: {"label", "probability"}}`` from :meth:`predict_attribute_proba`'s
+        output, the primary first; the primary's class is ``primary_best`` (the answer's top-1
+        class, so the two agree even on a tie), every other attribute's its most probable."""
+        attributes = self.attributes
+        names = list(probs)
+        best = [[int(i) for i in primary_best], *(probs[name].argmax(axis=1).tolist() for name in names[1:])]
+        return [
+            {
+                name: {"label": attributes[name][b[n]], "probability": float(probs[name][n, b[n]])}
+                for name, b in zip(names, best)
+            }
+            for n in range(len(best[0]))
+        ]
 
     def encode(
         self, images: Images, batch_size: int = 256, flip_tta: bool = False, with_probs: bool = False
@@ -193,8 +244,17 @@ class Predictor:
         return int(self.embed(np.full((1, h, w, 3), 255, dtype=np.uint8)).shape[-1])
 
     # ------------------------------------------------------------------ speed
+    def traced_methods(self, methods: list[str]) -> list[str]:
+        """``methods`` plus ``attribute_logits`` when ``forward`` is among them and the model has
+        extra heads: what :meth:`classify` calls must be in the trace of a classifier."""
+        if "forward" in methods and self.spec.attributes and "attribute_logits" not in methods:
+            return [*methods, "attribute_logits"]
+        return list(methods)
+
     def compiled(self, methods: list[str], *, channels_last: bool = False) -> Predictor:
         """A predictor over a frozen TorchScript trace of ``methods``; ``self`` on any doubt.
+        A multi-attribute model's trace of ``forward`` also holds ``attribute_logits``
+        (:meth:`traced_methods`).
 
         At 80x60 a forward pass is mostly Python overhead of many small layers; a frozen trace
         (batch norms folded into the convolutions) roughly halves it. ``channels_last``: trace a
@@ -204,6 +264,7 @@ class Predictor:
         query and its mirror image go through together) and checked against the eager module on
         batches of 1 and 2.
         """
+        methods = self.traced_methods(methods)
         h, w = self.input_size
         x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
         module = self.module

@@ -9,6 +9,9 @@ Module API (every model built here):
 
 * ``module(x)`` -> logits ``(B, num_classes)`` for ``task: classifier``; the reconstruction of
   ``x`` (same shape) for ``task: autoencoder``.
+* ``module.attribute_logits(x)`` (classifiers) -> ``(primary logits, *extra heads' logits)`` in
+  ``spec.attributes`` order: a multi-attribute model (``prepare.labels``) has one linear head per
+  extra attribute on the same pooled features; a single-head model returns ``(module(x),)``.
 * ``module.embed(x)`` -> ``(B, embedding_dim)``: pooled features before the head (classifier)
   or the bottleneck latent (autoencoder); the index uses it as the embedder.
 * ``module.embedding_dim``; ``module.spec`` (the spec it was built from);
@@ -38,7 +41,7 @@ from fashionops.errors import FashionOpsError
 from fashionops.models.attention import CBAM, SpatialAttentionPool
 from fashionops.models.autoencoder import ConvAutoencoder, TimmEncoderAutoencoder
 from fashionops.models.backbones import BUILTIN_BACKBONES, Backbone
-from fashionops.models.heads import build_head
+from fashionops.models.heads import LinearHead, build_head
 from fashionops.models.pretrained import LITE0_BACKBONES, LITE0_MEAN, LITE0_STD, apply_pretrained
 from fashionops.models.spec import SPEC_FILE, SPEC_VERSION, ModelSpec
 
@@ -60,6 +63,7 @@ class FashionClassifier(nn.Module):
         head: str = "linear",
         head_hidden: int = 512,
         dropout: float = 0.2,
+        extra_heads: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -83,6 +87,9 @@ class FashionClassifier(nn.Module):
         else:
             raise FashionOpsError(f"train.attention: unknown {attention!r}; use none, cbam or spatial")
         self.head = build_head(head, channels, num_classes, head_hidden, dropout)
+        # One linear head per extra attribute (spec.attributes order); empty for single-head models,
+        # so their state_dict keys are unchanged.
+        self.extra_heads = nn.ModuleList(LinearHead(channels, n, dropout) for n in (extra_heads or []))
         self.loss_kind = self.head.loss_kind
         self.embedding_dim = channels
         self.num_classes = num_classes
@@ -106,6 +113,11 @@ class FashionClassifier(nn.Module):
         feats = self.embed(x)
         return feats, self.head(feats)
 
+    def attribute_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits of every head from one pass: ``(primary, *extra heads in spec.attributes order)``."""
+        feats = self.embed(x)
+        return (self.head(feats), *(head(feats) for head in self.extra_heads))
+
 
 def _normalization(train: TrainConfig) -> tuple[list[float], list[float]]:
     if train.normalization == "none":
@@ -125,10 +137,17 @@ def _normalization(train: TrainConfig) -> tuple[list[float], list[float]]:
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def model_spec(train: TrainConfig, classes: list[str], label_column: str, cache_hw: tuple[int, int]) -> ModelSpec:
+def model_spec(
+    train: TrainConfig,
+    classes: list[str],
+    label_column: str,
+    cache_hw: tuple[int, int],
+    attributes: dict[str, list[str]] | None = None,
+) -> ModelSpec:
     """JSON-serialisable description of the model ``train`` asks for (see module docstring).
 
     ``cache_hw`` is the prepared cache's (height, width); ``train.input_height/width`` override it.
+    ``attributes``: the extra heads of a multi-attribute model (attribute -> classes, primary excluded).
     ``embedding_dim`` is found by building the architecture on the meta device (no weights).
     """
     height = int(train.input_height or cache_hw[0])
@@ -153,6 +172,7 @@ def model_spec(train: TrainConfig, classes: list[str], label_column: str, cache_
         "mean": mean,
         "std": std,
         "pretrained": train.pretrained,
+        "attributes": {str(a): [str(c) for c in cs] for a, cs in (attributes or {}).items()},
     }
     draft = ModelSpec.from_dict(spec)
     with torch.device("meta"):
@@ -170,6 +190,8 @@ def _build(spec: ModelSpec, source: str) -> nn.Module:
             f"train.pretrained=timm: built-in backbone {name!r} has no hub weights; use none or file:PATH"
         )
     if spec.task == "autoencoder":
+        if spec.attributes:
+            raise FashionOpsError("model spec: attributes (prepare.labels) need task: classifier")
         if name == "conv_autoencoder":
             module: nn.Module = ConvAutoencoder(hw, spec.latent_dim)
             target: nn.Module = module
@@ -182,6 +204,9 @@ def _build(spec: ModelSpec, source: str) -> nn.Module:
             raise FashionOpsError("train.backbone=conv_autoencoder needs train.task=autoencoder")
         if spec.num_classes < 1:
             raise FashionOpsError("model spec: num_classes must be at least 1")
+        for attribute, classes in spec.attributes.items():
+            if not classes:
+                raise FashionOpsError(f"model spec: attributes.{attribute} has no classes")
         backbone = Backbone(name, hw, pretrained_timm=source == "timm")
         module = FashionClassifier(
             backbone,
@@ -192,6 +217,7 @@ def _build(spec: ModelSpec, source: str) -> nn.Module:
             head=spec.head,
             head_hidden=spec.head_hidden,
             dropout=spec.dropout,
+            extra_heads=[len(classes) for classes in spec.attributes.values()],
         )
         target = backbone.model
     else:

@@ -4,6 +4,12 @@ Everything that rebuilds or feeds a trained model reads it from here: the archit
 (``task``, ``backbone``, ``attention``, ``head``, ...), the label space (``classes``,
 ``label_column``), and the input it expects (``input_height`` x ``input_width`` pixels,
 normalised with ``mean``/``std``). The JSON file is unchanged: ``to_dict()`` writes the same keys.
+
+Multi-attribute models (``prepare.labels``) add ``attributes``: the EXTRA heads in order,
+attribute -> its classes, the primary label (``label_column``/``classes``) excluded. ``{}`` means
+one head; it is then left out of ``model_spec.json``, so single-head spec files stay as they were.
+The file keeps the heads' order as a list, ``[{"name": ..., "classes": [...]}, ...]`` (its keys are
+sorted when written; the order of the heads is that of the weights).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fashionops.errors import FashionOpsError
 
@@ -46,6 +52,19 @@ class ModelSpec(BaseModel):
     pretrained: str = "none"
     embedding_dim: int | None = None
     loss_kind: str | None = None
+    # extra heads of a multi-attribute model, in order: attribute -> classes (primary excluded)
+    attributes: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _heads_in_order(cls, value: Any) -> Any:
+        """``model_spec.json``'s list of ``{"name", "classes"}`` -> the ordered dict (a dict passes)."""
+        if isinstance(value, list):
+            try:
+                return {str(head["name"]): head["classes"] for head in value}
+            except (TypeError, KeyError) as exc:
+                raise ValueError('expected a list of {"name": ..., "classes": [...]}') from exc
+        return value
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -56,9 +75,23 @@ class ModelSpec(BaseModel):
     def is_classifier(self) -> bool:
         return self.task == "classifier"
 
+    @property
+    def attribute_names(self) -> list[str]:
+        """Every attribute the model tags, the primary label first."""
+        return [self.label_column, *self.attributes]
+
+    @property
+    def all_classes(self) -> dict[str, list[str]]:
+        """attribute -> classes for every head, the primary first (in ``attribute_logits`` order)."""
+        return {self.label_column: list(self.classes), **{a: list(c) for a, c in self.attributes.items()}}
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able dict of ``model_spec.json`` (extra keys included)."""
-        return self.model_dump()
+        """The JSON-able dict of ``model_spec.json`` (extra keys included; no ``attributes`` when single-head)."""
+        data = self.model_dump()
+        heads = data.pop("attributes", None)
+        if heads:  # a list: json.dumps(sort_keys=True) would reorder a dict, not the heads' weights
+            data["attributes"] = [{"name": name, "classes": classes} for name, classes in heads.items()]
+        return data
 
     def updated(self, **changes: Any) -> ModelSpec:
         """A copy with ``changes`` applied and validated."""

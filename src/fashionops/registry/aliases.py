@@ -9,7 +9,8 @@ one classifier version (tag ``classifier_version``) and the classifier version n
 a killed process or a concurrent writer never leaves an unpaired alias behind. Every loader
 resolves an alias with :func:`resolve_pair`, which reads the journal's snapshot while a move is
 under way and refuses an unpaired alias. :func:`promote` and :func:`rollback` are a reviewer's
-decisions (``promotion_reason`` / ``rollback_reason`` tags).
+decisions (``promotion_reason`` / ``rollback_reason`` tags); every move is also an event of the alias
+history (:mod:`fashionops.registry.history`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def now() -> str:
 
 
 def user() -> str:
-    """Who made a manual decision (the ``*_by`` tags)."""
+    """The OS user running this process (the ``*_by`` tags use :func:`fashionops.registry.history.actor`,
+    which names the Prefect flow run instead when there is one)."""
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user database in some containers
@@ -246,6 +248,7 @@ def promote(
 
     The old champion pair becomes ``previous``; ``reason`` is stored as ``promotion_reason``.
     """
+    from fashionops.registry.history import actor, compare_versions
     from fashionops.registry.transaction import RegistryTransaction
 
     client = registry_client(tracking)
@@ -258,10 +261,12 @@ def promote(
         before = alias_state(cfg, tracking)
         if before[CHAMPION] == {"classifier": cv, "index": iv}:
             return {"decision": "unchanged", "reason": f"v{cv} is already the champion", "aliases": before}
-        tags = _stamp(cfg, cv, iv, {"promotion_reason": reason, "promoted_by": user(), "promoted_at": now()})
+        tags = _stamp(cfg, cv, iv, {"promotion_reason": reason, "promoted_by": actor(), "promoted_at": now()})
         # A classifier whose register was killed before tagging its index gets the tag now.
         tags.append((cfg.classifier_name, cv, PAIR_TAG, iv))
-        txn.apply(swap_moves(cfg, client, cv, iv), tags)
+        comparison = compare_versions(client, cfg, cv, before[CHAMPION]["classifier"])
+        event = {"action": "promote", "decision": "promoted", "reason": reason, "comparison": comparison}
+        txn.apply(swap_moves(cfg, client, cv, iv), tags, event)
     return {
         "decision": "promoted",
         "reason": reason,
@@ -275,6 +280,7 @@ def promote(
 def rollback(cfg: RegisterConfig, tracking: TrackingConfig, reason: str, on_step: StepHook = None) -> dict[str, Any]:
     """Put the ``previous`` pair back as ``champion`` (both models); the demoted pair becomes
     ``previous`` so a rollback can itself be undone. ``reason`` is stored as ``rollback_reason``."""
+    from fashionops.registry.history import actor, compare_versions
     from fashionops.registry.transaction import RegistryTransaction
 
     client = registry_client(tracking)
@@ -295,6 +301,8 @@ def rollback(cfg: RegisterConfig, tracking: TrackingConfig, reason: str, on_step
         else:
             moves += [(cfg.classifier_name, PREVIOUS, None), (cfg.index_name, PREVIOUS, None)]
         moves += [(cfg.classifier_name, CHAMPION, pc), (cfg.index_name, CHAMPION, pi)]
-        stamp = {"rollback_reason": reason, "rolled_back_by": user(), "rolled_back_at": now()}
-        txn.apply(moves, _stamp(cfg, pc, pi, stamp))
+        stamp = {"rollback_reason": reason, "rolled_back_by": actor(), "rolled_back_at": now()}
+        comparison = compare_versions(client, cfg, pc, cc)
+        event = {"action": "rollback", "decision": "rolled_back", "reason": reason, "comparison": comparison}
+        txn.apply(moves, _stamp(cfg, pc, pi, stamp), event)
     return {"decision": "rolled_back", "reason": reason, "before": before, "aliases": alias_state(cfg, tracking)}

@@ -60,7 +60,8 @@ def model_card(
         "",
         "Input: column `image` of encoded image file bytes (JPEG/PNG...); HxWx3 uint8 arrays and file",
         "paths are accepted in Python too. Output: `label`, `probability`, `top_labels`,",
-        "`top_probabilities`, `probabilities` (classes order, see the model metadata `classes`).",
+        "`top_probabilities`, `probabilities` (classes order, see the model metadata `classes`),",
+        "`attributes` (every attribute tagged -> `{label, probability}`, the primary first).",
         "",
         "Limits: trained on studio catalogue photos (80x60); other photos are out of distribution.",
     ]

@@ -9,7 +9,13 @@ file path, and ``PythonModel.predict`` itself also takes a plain list of those o
 
 Output of ``fashion-classifier`` (one row per image): ``label`` (str), ``probability`` (float),
 ``top_labels`` (list[str]), ``top_probabilities`` (list[float]), ``probabilities`` (list[float],
-the full softmax vector in the order of the model metadata ``classes``). Param ``top_k`` (3).
+the full softmax vector in the order of the model metadata ``classes``), ``attributes`` (a dict:
+every attribute the model tags -> ``{"label", "probability"}``, the primary label first; a
+single-head model gives the primary alone). Param ``top_k`` (3). ``attributes`` is one column of
+MLflow type ``map<object>`` rather than a column per attribute, so every model version has the
+same signature whatever attributes it tags; the model metadata ``attributes`` lists them with
+their classes (``[{"name", "classes"}, ...]``, the primary first). A deploy job flattens it with
+``pd.json_normalize(out["attributes"])`` (columns ``gender.label``, ``gender.probability``, ...).
 
 Output of ``fashion-visual-search`` (one row per image): ``ids``, ``names``, ``article_types``,
 ``master_categories``, ``sub_categories`` (lists, nearest first) and ``distances``. Param ``top_k`` (5;
@@ -180,9 +186,12 @@ class ClassifierModel(PythonModel):
         self.classes: list[str] = self.predictor.classes
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """One row per image: label, probability, top-k lists, the full vector (param ``top_k``)."""
+        """One row per image: label, probability, top-k lists, the full vector (param ``top_k``)
+        and every attribute's label and probability (one pass over all heads)."""
         top_k = _int_param(params, "top_k", 3, len(self.classes))
-        p = self.predictor.predict_proba(decode_images(model_input), BATCH_SIZE).astype(np.float64)
+        probs = self.predictor.predict_attribute_proba(decode_images(model_input), BATCH_SIZE)
+        primary = next(iter(probs))
+        p = probs[primary].astype(np.float64)
         order = self.predictor.top_k(p, top_k)
         return pd.DataFrame(
             {
@@ -191,6 +200,7 @@ class ClassifierModel(PythonModel):
                 "top_labels": [[self.classes[j] for j in o] for o in order],
                 "top_probabilities": [[float(p[i, j]) for j in o] for i, o in enumerate(order)],
                 "probabilities": [row.tolist() for row in p],
+                "attributes": self.predictor.attribute_tags(probs, order[:, 0]),
             }
         )
 
@@ -240,9 +250,11 @@ def _signature(outputs: list[Any], params: list[Any]) -> Any:
 
 
 def classifier_signature() -> Any:
-    """``image: binary`` -> label, probability, top-k lists and the full probability vector."""
-    from mlflow.types.schema import Array, ColSpec, DataType, ParamSpec
+    """``image: binary`` -> label, probability, top-k lists, the full probability vector and every
+    attribute's ``{label, probability}`` (a map: the same signature for every model version)."""
+    from mlflow.types.schema import Array, ColSpec, DataType, Map, Object, ParamSpec, Property
 
+    tag = Object([Property("label", DataType.string), Property("probability", DataType.double)])
     return _signature(
         [
             ColSpec(DataType.string, "label"),
@@ -250,6 +262,7 @@ def classifier_signature() -> Any:
             ColSpec(Array(DataType.string), "top_labels"),
             ColSpec(Array(DataType.double), "top_probabilities"),
             ColSpec(Array(DataType.double), "probabilities"),
+            ColSpec(Map(tag), "attributes"),
         ],
         [ParamSpec("top_k", DataType.long, 3)],
     )
@@ -342,6 +355,8 @@ def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[s
     meta = {
         "classes": list(spec.classes),
         "label_column": spec.label_column,
+        # every attribute and its classes, the primary first (a list: MLmodel's YAML sorts dict keys)
+        "attributes": [{"name": name, "classes": classes} for name, classes in spec.all_classes.items()],
         "input_height": spec.input_height,
         "input_width": spec.input_width,
         "backbone": spec.backbone,

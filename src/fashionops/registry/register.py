@@ -294,7 +294,26 @@ def run_register(
                 if better:
                     why += "; register.promote is false"
                 moves = [(cfg.classifier_name, CHALLENGER, cv), (cfg.index_name, CHALLENGER, iv)]
-            txn.apply(moves, [(cfg.classifier_name, cv, "decision", decision)])
+            comparison = None
+            if champ_c is not None:
+                comparison = {
+                    "metric": metric,
+                    "candidate_version": cv,
+                    "candidate": candidate,
+                    "champion_version": champ_c,
+                    "champion": champion_value,
+                    "min_delta": cfg.min_delta,
+                    "rescored": rescored,
+                    "better": bool(better),
+                }
+            event = {
+                "action": "register",
+                "decision": decision,
+                "reason": why,
+                "comparison": comparison,
+                "pipeline_run_id": run_id,
+            }
+            txn.apply(moves, [(cfg.classifier_name, cv, "decision", decision)], event)
     except BaseException as exc:
         registered = f"{cfg.classifier_name} v{cv} / {cfg.index_name} v{iv}"
         unreachable = tracking_unreachable(
@@ -382,7 +401,13 @@ def register_index_for(
     with RegistryTransaction(client, cfg, "register-index") as txn:
         # Every alias of this classifier follows, with its pair tag, in one transaction.
         moved = [alias for alias in ALIASES if alias_version(client, cfg.classifier_name, alias) == cv]
-        txn.apply([(cfg.index_name, alias, iv) for alias in moved], [(cfg.classifier_name, cv, PAIR_TAG, iv)])
+        event = {
+            "action": "refresh",
+            "decision": "index rebuilt",
+            "reason": f"{cfg.index_name} v{iv} rebuilt for {cfg.classifier_name} v{cv}",
+            "pipeline_run_id": run_id,
+        }
+        txn.apply([(cfg.index_name, alias, iv) for alias in moved], [(cfg.classifier_name, cv, PAIR_TAG, iv)], event)
     return {
         "index": {"name": cfg.index_name, "version": iv, "run_id": run_id},
         "classifier": {"name": cfg.classifier_name, "version": cv},

@@ -22,6 +22,9 @@ registered models, so a pair move is several MLflow calls. Every writer (``regis
 * **tracking server down** mid-transaction: nothing is restored or released (it cannot be); the
   open journal and the lock stay for the next writer, which restores them once this process has
   ended, and loaders read the journal's snapshot meanwhile.
+* **history**: :meth:`RegistryTransaction.apply` opens the moves' alias-history event run before
+  the journal (``journal.event_run``) and ends it ``committed`` after the moves, or ``reverted``
+  when they are undone, here or by the journal repair (:mod:`fashionops.registry.history`).
 * **readers** (:func:`fashionops.registry.aliases.resolve_pair`) never write: while a journal is
   open they read the pair from its snapshot, so a loader never sees half a move. Loaders (``serve``
   start and its poller, ``pull``, deploy-smoke) first call :func:`repair_stale_lock`, which rolls a
@@ -59,6 +62,17 @@ from fashionops.registry.aliases import (
     alias_version,
     call_hook,
     now,
+)
+from fashionops.registry.history import (
+    COMMITTED,
+    JOURNAL_EVENT_TAG,
+    REVERTED,
+    close_event,
+    new_event,
+    open_event,
+    settle_journal_event,
+    tag_models,
+    version_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -209,6 +223,8 @@ def break_stale_lock(client: Any, stale: LockRecord) -> None:
                 "registry lock %s: holder %s died mid-transaction; restoring aliases", stale.name, current.describe()
             )
             restore_snapshot(client, current)
+            note = "holder died mid-move; aliases restored from the journal"
+            settle_journal_event(client, current.tags, REVERTED, note)
         else:
             log.warning(
                 "registry lock %s: removing the stale lock of %s (state %s)",
@@ -216,6 +232,9 @@ def break_stale_lock(client: Any, stale: LockRecord) -> None:
                 current.describe(),
                 current.state,
             )
+            # committed: the moves stand, the event too; anything else: nothing moved
+            outcome = COMMITTED if current.state == "committed" else REVERTED
+            settle_journal_event(client, current.tags, outcome, f"ended by the journal repair (state {current.state})")
         _delete_quietly(client, stale.name)
     finally:
         _delete_quietly(client, marker)
@@ -253,6 +272,7 @@ class RegistryTransaction:
         self.name = lock_name(cfg)
         self.tags: dict[str, str] = {}
         self.journal_open = False
+        self.event_run: str | None = None  # the alias-history event of apply
 
     # lock ------------------------------------------------------------------
     def __enter__(self) -> RegistryTransaction:
@@ -321,16 +341,26 @@ class RegistryTransaction:
         call_hook(self.on_step, name)
 
     # journal ---------------------------------------------------------------
-    def apply(self, moves: list[Move], tags: list[TagChange] | None = None) -> None:
+    def apply(
+        self, moves: list[Move], tags: list[TagChange] | None = None, event: dict[str, Any] | None = None
+    ) -> None:
         """Journal every alias of both models and the old values of ``tags``, then set the tags and
-        make the moves (``step`` after each); on any failure restore the journal's snapshot."""
-        tags = tags or []
+        make the moves (``step`` after each); on any failure restore the journal's snapshot.
+        ``event`` (``action``, ``decision``, ``reason``, ``comparison``, ...) describes the moves in
+        the alias history (:mod:`fashionops.registry.history`), recorded when they commit."""
+        tags = list(tags or [])
         client, cfg = self.client, self.cfg
         snapshot = {
             f"{model}@{alias}": alias_version(client, model, alias)
             for model in (cfg.classifier_name, cfg.index_name)
             for alias in ALIASES
         }
+        history_event = new_event(self.command, event, cfg, snapshot, moves)
+        if history_event is not None:
+            self._fence()
+            self.event_run = open_event(client, cfg, history_event)
+            self._tag(JOURNAL_EVENT_TAG, self.event_run)
+            tags += version_tags(history_event, self.event_run)
         old = [[m, v, k, client.get_model_version(m, v).tags.get(k)] for m, v, k, _ in tags]
         self._fence()
         self._tag("journal.aliases", json.dumps(snapshot))
@@ -358,7 +388,21 @@ class RegistryTransaction:
         except BaseException as exc:
             self._undo(exc)
             raise
+        if history_event is not None and self.event_run is not None:
+            self._commit_event(history_event, self.event_run)
         self.step("committed")
+
+    def _commit_event(self, event: dict[str, Any], run_id: str) -> None:
+        try:
+            close_event(self.client, run_id, COMMITTED)
+            tag_models(self.client, event, run_id)
+        except Exception:  # the moves are committed; only their history entry lags
+            log.warning(
+                "aliases moved, but alias-history event run %s could not be ended: it is not in "
+                "`fashionops history` until it is (a lock left behind is repaired and ends it)",
+                run_id,
+                exc_info=True,
+            )
 
     def _undo(self, exc: BaseException) -> None:
         if unreachable_server(exc) is not None:
@@ -375,6 +419,10 @@ class RegistryTransaction:
                 restore_snapshot(self.client, record)
             self._tag("journal.state", "rolled_back")
             self.journal_open = False
+            if self.event_run is not None:
+                settle_journal_event(
+                    self.client, {JOURNAL_EVENT_TAG: self.event_run}, REVERTED, f"moves undone: {exc!s:.300}"
+                )
         except Exception as restore_exc:  # noqa: BLE001 - reported with the original error
             raise RegistryError(
                 f"alias update failed ({exc}) and restoring failed ({restore_exc}); the next "

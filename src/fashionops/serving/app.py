@@ -6,6 +6,7 @@
 - ``POST /search``: upload (field ``file``) or ``item_id`` (form or JSON) -> top-k similar items;
 - ``GET /items/{id}``, ``GET /items/{id}/image``: catalogue metadata and image;
 - ``GET /health``: model versions, aliases and where they came from (never a filesystem path);
+- ``GET /history`` (page), ``GET /api/history`` (JSON): the registry's alias moves (promotion history);
 - ``POST /reload`` (only with an API token configured; the poll reloads in-process);
 - ``/``: a small web page (``serving/static``); ``/docs``, ``/redoc``: the generated OpenAPI docs,
   their scripts and styles served from ``/static/docs`` (``docs``: they work offline).
@@ -15,7 +16,8 @@ pair and its holder), ``loader`` (loading a pair from the registry, a pull dir o
 ``deps`` (FastAPI dependencies), ``docs`` (the API docs pages), ``routing`` (how upload bodies
 are read), ``errors`` (error bodies), ``middleware`` (token, upload size and time limits,
 security headers), ``torchscript`` (traces a reload can free), ``downloads`` (registry download
-folders), ``routers/`` (the endpoints); this module assembles them and configures uvicorn.
+folders), ``recording`` (what the models saw, ``monitor.record_requests``), ``routers/`` (the
+endpoints); this module assembles them and configures uvicorn.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from fashionops.serving.downloads import remove_owned, sweep_stale
 from fashionops.serving.errors import request_validation_error
 from fashionops.serving.loader import ServeError, current_fingerprint, load_bundle, resolve_source
 from fashionops.serving.middleware import Guard, SecurityHeaders
+from fashionops.serving.recording import start_recorder
 from fashionops.serving.routers import ROUTERS
+from fashionops.serving.routers.history import history_router
 from fashionops.serving.routers.pages import STATIC_DIR
 from fashionops.serving.routing import document_json_variants
 
@@ -80,6 +84,8 @@ def create_app(
         finally:
             stop.set()
             holder.close()  # SIGTERM/SIGINT end here too: uvicorn runs the shutdown first
+            if app.state.recorder is not None:
+                app.state.recorder.close()  # queued observations written first
 
     app = FastAPI(
         title="fashionops visual search",
@@ -90,8 +96,10 @@ def create_app(
         redoc_url=None,
     )
     app.state.serving = ServingState(holder=holder, settings=cfg, token=token)
+    app.state.recorder = start_recorder(params.monitor)  # monitor.record_requests (opt-in)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(history_router(params.register, params.tracking))  # /history, /api/history
     add_offline_docs(app)  # its /static/docs mount goes before /static's
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(RequestValidationError, request_validation_error)

@@ -100,7 +100,8 @@ class ModelBundle:
         return {**self.index, "alias": self.alias, "source": self.source}
 
     def classify(self, image: np.ndarray, k: int) -> dict[str, Any]:
-        """(H, W, 3) uint8 -> ``{"label", "probability", "top": [{"label", "probability"}]}``."""
+        """(H, W, 3) uint8 -> ``{"label", "probability", "top": [{"label", "probability"}],
+        "attributes": {name: {"label", "probability"}}}`` (every attribute, the primary first)."""
         batch = self.predictor.fit([image])  # resized outside the slot: only the pass is bounded
         with self.slots:
             return self.predictor.classify(batch, k)[0]

@@ -165,7 +165,7 @@ COMMON_HEADERS = (
 
 def content_security_policy(path: str) -> str:
     """The Content-Security-Policy of a response to ``path``."""
-    if path == "/":
+    if path in ("/", "/history"):  # the web page and its promotion-history page
         return PAGE_CSP
     return DOCS_CSP if path in DOCS_PATHS else API_CSP
 

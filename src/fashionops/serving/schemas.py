@@ -2,7 +2,7 @@
 
 Field names are the pyfunc models' (:mod:`fashionops.registry.pyfunc`): the request's ``top_k``
 (``k`` is its deprecated old name, still accepted), ``/classify``'s ``label``, ``probability``,
-``top_labels`` and ``top_probabilities``. Items use the catalogue's column names (``articleType``,
+``top_labels``, ``top_probabilities`` and ``attributes``. Items use the catalogue's column names (``articleType``,
 ``baseColour``, ...); an item's ``name`` is its ``productDisplayName`` (the visual-search pyfunc's
 ``names`` column holds one per result).
 
@@ -194,14 +194,33 @@ class IndexAnswer(ModelRef, IndexSettings, Served):
     model_config = ConfigDict(extra="ignore")
 
 
+class AttributeTag(BaseModel):
+    """One attribute's most probable value and its probability."""
+
+    label: str
+    probability: float
+
+
 class ClassifyResponse(BaseModel):
     """The predicted class and its probability, then the ``top_k`` most probable classes and their
-    probabilities, most probable first (the classifier pyfunc's output columns)."""
+    probabilities, most probable first, and every attribute the classifier tags (the classifier
+    pyfunc's output columns)."""
 
     label: str
     probability: float
     top_labels: list[str]
     top_probabilities: list[float]
+    attributes: dict[str, AttributeTag] = Field(
+        description="every attribute the classifier tags -> its most probable value and probability, the "
+        "primary label (the answer's label) first; a single-head classifier gives the primary alone",
+        examples=[
+            {
+                "articleType": {"label": "Tshirts", "probability": 0.91},
+                "gender": {"label": "Men", "probability": 0.88},
+                "baseColour": {"label": "Black", "probability": 0.64},
+            }
+        ],
+    )
     model: ClassifierAnswer
 
 

@@ -1,5 +1,5 @@
 """What the stack's services need once they run: the databases, the buckets, the DVC remote
-``stack``, the Prefect work pool and both deployments. Each step is idempotent."""
+``stack``, the Prefect work pool and every deployment of prefect.yaml. Each step is idempotent."""
 
 from __future__ import annotations
 
@@ -102,13 +102,18 @@ def work_pool_name(root: Path) -> str:
     return pools.pop()
 
 
-def apply_deployments(settings: StackSettings, pool: str, refresh_cron: str | None) -> None:
+def apply_deployments(
+    settings: StackSettings, pool: str, refresh_cron: str | None, drift_cron: str | None = None
+) -> None:
     """The process work pool, then ``prefect deploy --all`` from the repository root (each
-    deployment runs its flows in this checkout), and the index-refresh schedule when set."""
+    deployment runs its flows in this checkout), and the index-refresh (``index.refresh_cron``)
+    and drift-report (``monitor.cron``) schedules when set."""
     _prefect(settings, "work-pool", "create", pool, "--type", "process", "--overwrite")
     _prefect(settings, "--no-prompt", "deploy", "--all")
     if refresh_cron:
         _prefect(settings, "--no-prompt", "deploy", "--name", "index-refresh", "--cron", refresh_cron)
+    if drift_cron:
+        _prefect(settings, "--no-prompt", "deploy", "--name", "drift-report", "--cron", drift_cron)
     log.info("prefect: work pool %s and the deployments of %s applied", pool, settings.root / "prefect.yaml")
 
 

@@ -53,7 +53,7 @@ def up(params: Params, root: str | Path = ".") -> dict[str, Any]:
     for service in stack:
         if isinstance(service, PrefectWorker) and processes.running(settings.pids, service.name) is None:
             # (re)apply the work pool and deployments before a worker polls for them
-            setup.apply_deployments(settings, service.pool, params.index.refresh_cron)
+            setup.apply_deployments(settings, service.pool, params.index.refresh_cron, params.monitor.cron)
         states[service.name] = _ensure_running(service, settings)
         if isinstance(service, Postgres):
             setup.create_databases(settings)

@@ -9,6 +9,10 @@ and are augmented, resized and normalised there (``BatchTransform`` in
 Balancing (``prepare.balance``): ``weighted_sampler`` draws train samples with probability
 inversely proportional to their class count; ``oversample`` needs nothing here (the copies
 are rows of the index); ``class_weights`` is a weighted loss (see ``lit_module``).
+
+Multi-attribute models (``spec.attributes``): the targets of a batch are ``(B, 1 + K)`` int64,
+column 0 the primary ``label_idx``, then ``<attribute>_idx`` per extra head in spec order (``-1``:
+ignored by that head). Single-head models get ``(B,)`` targets, exactly as before.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,8 @@ class PreparedData:
     classes: list[str]
     label_column: str
     class_weights: list[float] | None
+    # multi-attribute (prepare.labels): extra attribute -> classes, from labels.json; {} = single label
+    attributes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -91,7 +97,22 @@ def load_prepared(root: str | Path) -> PreparedData:
         weights = [float(w) for w in json.loads((root / "class_weights.json").read_text())["weights"]]
         if len(weights) != len(classes):
             raise DataError(f"{root / 'class_weights.json'}: {len(weights)} weights for {len(classes)} classes")
-    return PreparedData(root, images, index, classes, str(labels.get("column", "label")), weights)
+    attributes = {str(a): [str(c) for c in cs] for a, cs in (labels.get("attributes") or {}).items()}
+    missing = [f"{a}_idx" for a in attributes if f"{a}_idx" not in index.columns]
+    if missing:
+        raise DataError(f"{root / 'index.parquet'}: missing columns {missing} named by labels.json; {hint}")
+    return PreparedData(root, images, index, classes, str(labels.get("column", "label")), weights, attributes)
+
+
+def target_columns(data: PreparedData, spec: ModelSpec) -> list[str]:
+    """Index columns of a batch's targets: ``label_idx``, then ``<attribute>_idx`` per extra head."""
+    missing = [a for a in spec.attributes if a not in data.attributes]
+    if missing:
+        raise DataError(
+            f"{data.root / 'labels.json'}: no attribute(s) {missing} the model has heads for; "
+            "run `fashionops prepare` with prepare.labels"
+        )
+    return ["label_idx", *(f"{a}_idx" for a in spec.attributes)]
 
 
 class CachedImages(Dataset):
@@ -305,10 +326,12 @@ class FashionDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.transform = BatchTransform(spec, augment, channels_last=channels_last)
         self.datasets: dict[str, CachedImages] = {}
+        targets = target_columns(data, spec) if spec.attributes else ["label_idx"]
         for split in SPLITS:
             rows = data.split(split)
+            labels = rows[targets].to_numpy() if spec.attributes else rows["label_idx"].to_numpy()
             self.datasets[split] = CachedImages(
-                data.root / "images.npy", rows["row"].to_numpy(), rows["label_idx"].to_numpy(), images=data.images
+                data.root / "images.npy", rows["row"].to_numpy(), labels, images=data.images
             )
         if len(self.datasets["train"]) == 0:
             raise DataError(f"{data.root / 'index.parquet'}: the train split is empty")
@@ -352,7 +375,8 @@ class FashionDataModule(L.LightningDataModule):
         train = self.datasets["train"]
         weights = None
         if self.balance == "weighted_sampler":
-            weights = sample_weights(train.labels.numpy(), len(self.data.classes))
+            primary = train.labels.numpy()  # (N,), or (N, 1 + K) with the primary first
+            weights = sample_weights(primary if primary.ndim == 1 else primary[:, 0], len(self.data.classes))
         rank, world = self.ranks()
         return EpochRandomSampler(train, self.seed, weights, rank=rank, world=world)
 

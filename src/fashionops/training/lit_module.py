@@ -14,6 +14,13 @@ The loss is the mean over samples (class-weighted: over their weights), whatever
 Under DDP each rank evaluates its own unpadded shard with rank 0's buffers, and the sums and
 predictions of all ranks are gathered before the metrics are computed: they equal a
 single-process evaluation of the checkpoint rank 0 saves.
+
+Multi-attribute models (``spec.attributes``; targets ``(B, 1 + K)``, see ``datamodule``): the loss
+is ``sum_a train.loss_weights[a] * loss_a`` (absent weights 1.0): the primary's loss as above, each
+extra head's a label-smoothed cross-entropy that skips targets ``-1`` (missing or rare values),
+averaged over the head's valid targets. ``train_loss``/``val_loss`` are that weighted sum;
+``val_acc``/``val_macro_f1`` (the monitored metric: checkpoints, early stopping) stay the
+primary's; every extra head adds ``{train,val,test}_<attribute>_{loss,acc,macro_f1}``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionops.config import TrainConfig
+from fashionops.data.attributes import IGNORE_INDEX
 from fashionops.errors import FashionOpsError
 from fashionops.models.spec import ModelSpec
 from fashionops.training.distributed import broadcast_buffers, gather_cat, gather_sum
@@ -110,12 +118,33 @@ class FashionLitModule(L.LightningModule):
             raise FashionOpsError(
                 f"task autoencoder needs an autoencoder model (loss mse), got loss {self.loss_kind!r}"
             )
+        self.head_names = list(spec.attributes)  # extra heads, in attribute_logits order (after the primary)
+        self.head_classes = [len(c) for c in spec.attributes.values()]
+        self.primary_weight, self.head_weights = self._loss_weights(spec, train)
         self.history: list[dict[str, float]] = []
         self._train_stats = _EpochStats()
         self._val_stats = _EpochStats()
+        self._train_heads = [_EpochStats() for _ in self.head_names]
+        self._val_heads = [_EpochStats() for _ in self.head_names]
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
         self._compiled: Any = None
+
+    @staticmethod
+    def _loss_weights(spec: ModelSpec, train: TrainConfig) -> tuple[float, list[float]]:
+        """(primary weight, extra heads' weights) from ``train.loss_weights`` (absent: 1.0)."""
+        names = [spec.label_column, *spec.attributes]
+        unknown = sorted(set(train.loss_weights) - set(names))
+        if unknown:
+            raise FashionOpsError(
+                f"train.loss_weights: {unknown} not among the model's attributes {names} (set prepare.labels)"
+            )
+        if not spec.attributes:  # one head: its loss exactly as in single-label training
+            return 1.0, []
+        weights = {a: float(train.loss_weights.get(a, 1.0)) for a in names}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise FashionOpsError(f"train.loss_weights: weights must be >= 0 and one > 0 (got {weights})")
+        return weights[spec.label_column], [weights[a] for a in spec.attributes]
 
     # -- model ---------------------------------------------------------------------------
     @property
@@ -140,8 +169,45 @@ class FashionLitModule(L.LightningModule):
             return F.cross_entropy(out, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
         raise FashionOpsError(f"unknown loss kind {self.loss_kind!r} on the model")
 
+    def head_loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy over the valid targets, their number) of one extra head (0 when none)."""
+        valid = (target != IGNORE_INDEX).sum()
+        total = F.cross_entropy(
+            logits.float(),
+            target,
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.cfg.label_smoothing,
+            reduction="sum",
+        )
+        return total / valid.clamp(min=1), valid
+
     # -- steps ---------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stats: _EpochStats) -> torch.Tensor:
+    def _multi_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stats: _EpochStats, heads: list[_EpochStats]
+    ) -> torch.Tensor:
+        """One batch of a multi-attribute model: the weighted sum of every head's loss."""
+        x, y = batch
+        model: Any = self.model  # a FashionClassifier (factory.build_model with spec.attributes)
+        outs = model.attribute_logits(x)
+        primary = y[:, 0]
+        loss = self.primary_weight * self.compute_loss(outs[0], x, primary)
+        for k, (logits, weight, head) in enumerate(zip(outs[1:], self.head_weights, heads, strict=True), start=1):
+            target = y[:, k]
+            head_loss, valid = self.head_loss(logits, target)
+            loss = loss + weight * head_loss
+            keep = target != IGNORE_INDEX
+            head.update(head_loss, valid, logits.argmax(1)[keep], target[keep])
+        stats.update(loss, x.shape[0], outs[0].argmax(1), primary)
+        return loss
+
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stats: _EpochStats, heads: list[_EpochStats] | None = None
+    ) -> torch.Tensor:
+        if self.head_names:
+            # no per-head stats given (a one-off loss): throw-away ones, every head still counts
+            return self._multi_step(
+                batch, stats, heads if heads is not None else [_EpochStats() for _ in self.head_names]
+            )
         x, y = batch
         out = self(x)
         loss = self.compute_loss(out, x, y)
@@ -154,30 +220,41 @@ class FashionLitModule(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._train_stats.reset()
+        for stats in (self._train_stats, *self._train_heads):
+            stats.reset()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self._train_stats)
+        return self._step(batch, self._train_stats, self._train_heads)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_stats.reset()
+        for stats in (self._val_stats, *self._val_heads):
+            stats.reset()
         broadcast_buffers(self.model)  # every rank validates the model rank 0 checkpoints
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self._val_stats)
+        self._step(batch, self._val_stats, self._val_heads)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self._val_stats)
+        self._step(batch, self._val_stats, self._val_heads)
 
     def on_test_epoch_start(self) -> None:
-        self._val_stats.reset()
+        for stats in (self._val_stats, *self._val_heads):
+            stats.reset()
 
     def on_test_epoch_end(self) -> None:
         metrics = self._summarise(self._val_stats, "test")
+        metrics.update(self._summarise_heads(self._val_heads, "test"))
         self.log_dict({k: v for k, v in metrics.items() if not math.isnan(v)}, sync_dist=False)
 
     # -- epoch metrics -------------------------------------------------------------------
-    def _summarise(self, stats: _EpochStats, prefix: str) -> dict[str, float]:
+    def _summarise_heads(self, heads: list[_EpochStats], prefix: str) -> dict[str, float]:
+        """``<prefix>_<attribute>_{loss,acc,macro_f1}`` of every extra head."""
+        out: dict[str, float] = {}
+        for name, n_classes, stats in zip(self.head_names, self.head_classes, heads):
+            out.update(self._summarise(stats, f"{prefix}_{name}", n_classes))
+        return out
+
+    def _summarise(self, stats: _EpochStats, prefix: str, num_classes: int | None = None) -> dict[str, float]:
         """Loss/accuracy/macro-F1 of one epoch's accumulated stats over all ranks (one host sync).
 
         Under DDP every rank makes the same collective calls, whatever its own shard held.
@@ -195,16 +272,19 @@ class FashionLitModule(L.LightningModule):
         out = {f"{prefix}_loss": float(loss_sum / count)}
         if preds is not None and targets is not None and targets.numel():
             out[f"{prefix}_acc"] = float((preds == targets).float().mean())
-            out[f"{prefix}_macro_f1"] = float(macro_f1(preds, targets, self.num_classes))
+            n_classes = self.num_classes if num_classes is None else num_classes
+            out[f"{prefix}_macro_f1"] = float(macro_f1(preds, targets, n_classes))
         return out
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         metrics = self._summarise(self._val_stats, "val")
+        metrics.update(self._summarise_heads(self._val_heads, "val"))
         fitting = self.trainer.state.fn == "fit"
         if fitting:
             metrics.update(self._summarise(self._train_stats, "train"))
+            metrics.update(self._summarise_heads(self._train_heads, "train"))
             metrics["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         # Lightning also forwards these to the MLflow logger at the end of the epoch.
         self.log_dict(metrics, prog_bar=False, sync_dist=False)

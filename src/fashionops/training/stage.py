@@ -110,20 +110,23 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def build_history(module_history: list[dict[str, float]], throughput: list[dict[str, float]]) -> list[dict[str, Any]]:
-    """One row per epoch: the module's metrics joined with the throughput callback's timings."""
+    """One row per epoch: the module's metrics joined with the throughput callback's timings
+    (a multi-attribute model's per-head columns, ``val_<attribute>_acc`` ..., after the usual ones)."""
     timing = {int(t["epoch"]): t for t in throughput}
     rows = []
     for row in module_history:
         t = timing.get(int(row["epoch"]), {})
         merged = {c: row.get(c, t.get(c)) for c in HISTORY_COLUMNS}
+        merged.update({c: v for c, v in row.items() if c not in merged})
         rows.append(merged)
     return rows
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = list(dict.fromkeys(c for row in rows for c in row if c not in HISTORY_COLUMNS))
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS + extra)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
@@ -269,12 +272,14 @@ def run_train(
     balance: str = "none",
     resume: bool = False,
     run_config: dict[str, Any] | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> dict[str, Any]:
     """Train, keep the best epoch, write the model, checkpoints, reports and the MLflow run.
 
     ``balance`` is ``prepare.balance`` (``class_weights``: weighted loss, ``weighted_sampler``:
     class-balanced sampling). ``run_config``: the flattened configuration to log as the run's
     params (the CLI passes all of ``params.yaml``; default: what this function was given).
+    ``callbacks``: extra Lightning callbacks (a sweep's pruning).
     Returns the ``summary.json`` content (plus fit/total seconds). ``resume=True`` continues from
     ``<paths.classifier_dir>/checkpoints/last.ckpt``.
     """
@@ -303,7 +308,7 @@ def run_train(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data: PreparedData = load_prepared(paths.prepared_dir)
-    spec = model_spec(cfg, data.classes, data.label_column, data.image_hw)
+    spec = model_spec(cfg, data.classes, data.label_column, data.image_hw, data.attributes)
     # the weights come from the checkpoint on resume: skip loading pretrained ones
     model = build_model(spec, pretrained="none" if resume else None)
     if cfg.freeze_groups:
@@ -325,7 +330,7 @@ def run_train(
     )
 
     throughput = Throughput()
-    trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, None, throughput)
+    trainer = build_trainer(cfg, runtime, ckpt_dir, lit.monitor, None, throughput, callbacks)
     if isinstance(trainer.strategy.launcher, StageLauncher):
         trainer.strategy.launcher.check()
     if not runtime["cuda"]:  # the cores are shared by this machine's ranks
@@ -378,6 +383,9 @@ def run_train(
         "processes": trainer.world_size,
         "resumed": resume,
     }
+    for head in spec.attributes:  # multi-attribute: every extra head's scores at the best epoch
+        for key in ("acc", "macro_f1"):
+            metrics[f"best_val_{head}_{key}"] = best.get(f"val_{head}_{key}")
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
     metrics_path, history_path = report_dir / "metrics.json", report_dir / "history.csv"
     summary_path = report_dir / "summary.json"

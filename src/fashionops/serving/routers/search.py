@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fashionops.serving.bundle import ModelBundle
 from fashionops.serving.deps import Bundle, SearchInput, search_form_input, search_json_input
 from fashionops.serving.errors import error_responses
+from fashionops.serving.recording import Recorder
 from fashionops.serving.routing import JsonRoute, UploadRoute
 from fashionops.serving.schemas import SearchQuery, SearchResponse
 
@@ -23,10 +24,12 @@ SUMMARY = "Find similar catalogue items (upload or item_id)"
 ERRORS = error_responses(400, 401, 404, 413, 415, 422)
 
 
-async def answer(query: SearchInput, bundle: ModelBundle) -> SearchResponse:
+async def answer(query: SearchInput, bundle: ModelBundle, recorder: Recorder = None) -> SearchResponse:
     """Search by the uploaded image if there is one, else by the catalogue item."""
     if query.image is not None:
         results = await run_in_threadpool(bundle.search_image, query.image, query.k)
+        if recorder is not None:
+            recorder.submit(bundle, query.image, "serve")
         found = SearchQuery(type="upload", filename=query.filename)
     elif query.item_id is not None:
         item = bundle.item(query.item_id)
@@ -57,8 +60,10 @@ router.add_api_route(
 
 
 @router.post("/search", summary=SUMMARY, response_model_exclude_unset=True, responses=ERRORS)
-async def search(query: Annotated[SearchInput, Depends(search_form_input)], bundle: Bundle) -> SearchResponse:
+async def search(
+    query: Annotated[SearchInput, Depends(search_form_input)], bundle: Bundle, recorder: Recorder
+) -> SearchResponse:
     """The ``top_k`` catalogue items most similar to the uploaded photo in ``file`` (encoded as the
     index's items were, then re-ranked by category), or to catalogue item ``item_id`` (form field,
     JSON body or query string). Results are nearest first, each with its distance."""
-    return await answer(query, bundle)
+    return await answer(query, bundle, recorder)

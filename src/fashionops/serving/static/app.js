@@ -50,6 +50,43 @@ function renderPrediction(pred) {
     li.appendChild(bar);
     list.appendChild(li);
   });
+  renderAttributes(pred.attributes || {});
+}
+
+// Every attribute a multi-attribute classifier tags (articleType, gender, baseColour, ...) with its
+// confidence; made here, under the prediction, the first time. A single-head model tags one
+// attribute, the label above, so the list stays hidden.
+function renderAttributes(attributes) {
+  let box = $("pred-attributes");
+  if (!box) {
+    box = document.createElement("div");
+    box.id = "pred-attributes";
+    const title = document.createElement("h2");
+    title.textContent = "Attributes";
+    box.append(title, document.createElement("dl"));
+    $("prediction").appendChild(box);
+  }
+  const names = Object.keys(attributes);
+  box.hidden = names.length < 2;
+  const list = box.querySelector("dl");
+  list.replaceChildren();
+  for (const name of names) {
+    const tag = attributes[name];
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.dataset.attribute = name;
+    const value = document.createElement("strong");
+    value.textContent = tag.label;
+    const conf = document.createElement("span");
+    conf.className = "muted";
+    conf.textContent = " " + pct(tag.probability);
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = Math.max(2, Math.round(60 * tag.probability)) + "px";
+    dd.append(value, conf, bar);
+    list.append(dt, dd);
+  }
 }
 
 function renderResults(data) {
