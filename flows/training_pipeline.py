@@ -25,6 +25,7 @@ from pydantic import Field
 from fashionops.orchestration.lock import workspace_lock
 from fashionops.orchestration.overrides import (
     RUN_PARAMETERS,
+    Attributes,
     Balance,
     DataLimit,
     Epochs,
@@ -98,6 +99,7 @@ FORM_DEFAULTS = run_defaults(Path(__file__).resolve().parents[1] / "params.yaml"
 @flow(name="training-pipeline", log_prints=True)
 def training_pipeline(
     label: Label = FORM_DEFAULTS["label"],
+    labels: Attributes = FORM_DEFAULTS["labels"],
     min_images_per_class: MinImages = FORM_DEFAULTS["min_images_per_class"],
     backbone: str = FORM_DEFAULTS["backbone"],
     preset: PresetName = FORM_DEFAULTS["preset"],
@@ -126,6 +128,8 @@ def training_pipeline(
     Args:
         label: Which catalogue column to classify: masterCategory (7 broad groups), subCategory
             (45) or articleType (141 product types).
+        labels: Multi-attribute tagging: the attributes to tag, one head each on one backbone
+            (label is always the first head; empty: label alone).
         min_images_per_class: Drop classes with fewer images than this before training.
         backbone: Image model to train: a timm model name (e.g. tf_efficientnet_lite0, resnet18)
             or a built-in small model.

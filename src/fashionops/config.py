@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from fashionops.config_base import Section as Section  # every section's base (forbids unknown keys)
 from fashionops.config_operations import MonitorConfig, ScoreConfig, SweepConfig
@@ -96,9 +96,9 @@ class PrepareConfig(Section):
     """``prepare`` stage: filtering, label encoding, duplicate-aware split, balancing, cache."""
 
     label: Literal["masterCategory", "subCategory", "articleType"] = "articleType"
-    # Multi-attribute tagging: one backbone, one head per attribute, `label` first (its classes are
-    # filtered, split and balanced as always; the others are tagged where the catalogue has them).
-    # [] = `label` alone.
+    # Multi-attribute tagging: one backbone, one head per attribute; `label` is always the first
+    # head (its classes are filtered, split and balanced as always; listing it here is optional),
+    # the others are tagged where the catalogue has them. [] = `label` alone.
     labels: list[Attribute] = []
     min_images_per_class: int = Field(default=100, ge=1)
     include: list[str] = []
@@ -114,18 +114,15 @@ class PrepareConfig(Section):
 
     @field_validator("labels")
     @classmethod
-    def _label_first(cls, labels: list[str], info: ValidationInfo) -> list[str]:
-        label = info.data.get("label")
-        if labels and labels[0] != label:
-            raise ValueError(f"must start with prepare.label ({label})")
+    def _no_repeats(cls, labels: list[str]) -> list[str]:
         if len(set(labels)) != len(labels):
             raise ValueError("repeats an attribute")
         return labels
 
     @property
     def attributes(self) -> list[str]:
-        """The attributes the classifier tags: ``labels``, or ``[label]`` when it is empty."""
-        return list(self.labels) or [self.label]
+        """The attributes the classifier tags: ``label`` first, then the other ``labels`` in their order."""
+        return [self.label, *(a for a in self.labels if a != self.label)]
 
 
 class AugmentConfig(Section):

@@ -63,6 +63,27 @@ def test_form_has_real_types_defaults_from_params_yaml_and_config_bounds(flow_mo
     assert props["epochs"]["minimum"] == 1 and props["data_limit"]["minimum"] == ALL_IMAGES
 
 
+def test_form_tags_several_attributes(flow_modules, tmp_path):
+    """`labels`: a multi-select of config.py's attributes; a choice is written into params.yaml as
+    the list `prepare.labels` (label stays the first head), leaving the default writes nothing."""
+    from fashionops.config import Attribute
+    from fashionops.orchestration.overrides import flow_overrides
+
+    tp, _ = flow_modules
+    prop = _schema(tp.training_pipeline)["properties"]["labels"]
+    assert prop["type"] == "array" and tuple(prop["items"]["enum"]) == get_args(Attribute)
+    assert prop["default"] == []
+    assert flow_overrides(untouched=[{"labels": []}], labels=[]) == []
+    requested = flow_overrides(untouched=[{"labels": []}], labels=["gender", "baseColour"])
+    assert requested == ['prepare.labels=["gender", "baseColour"]']
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    assert apply_overrides(tmp_path, requested) == {"prepare.labels": [[], ["gender", "baseColour"]]}
+    params = load_params(tmp_path / "params.yaml")
+    assert params.prepare.attributes == ["articleType", "gender", "baseColour"]
+    with pytest.raises(ConfigError, match="prepare.labels"):
+        load_params(tmp_path / "params.yaml", ["prepare.labels=[gender, gender]"])
+
+
 def test_run_defaults_follow_the_file(tmp_path):
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(tmp_path, ["train.epochs=7", "train.preset=small_cnn", "data.limit=500"])

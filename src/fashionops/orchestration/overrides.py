@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
-from fashionops.config import ConfigError, Params, list_presets, load_params, parse_override
+from fashionops.config import Attribute, ConfigError, Params, list_presets, load_params, parse_override
 
 NO_PRESET = "none"  # the form's choice for `train.preset: null` (a form field has no null)
 ALL_IMAGES = 0  # the form's value for `data.limit: null`: the whole catalogue
@@ -52,6 +52,7 @@ def _minimum(key: str) -> int:
 # The form's types: config.py's choices and bounds (one source of truth); plain types for mypy.
 if TYPE_CHECKING:
     Label: TypeAlias = str
+    Attributes: TypeAlias = list[str]
     Balance: TypeAlias = str
     PresetName: TypeAlias = str
     MinImages: TypeAlias = int
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     DataLimit: TypeAlias = int
 else:
     Label = Literal[_choices("prepare.label")]
+    Attributes = list[Literal[get_args(Attribute)]]  # prepare.labels: a multi-select in the form
     Balance = Literal[_choices("prepare.balance")]
     PresetName = Literal[(NO_PRESET, *list_presets())]
     MinImages = Annotated[int, Field(ge=_minimum("prepare.min_images_per_class"))]
@@ -78,6 +80,7 @@ class RunParameter:
 
 RUN_PARAMETERS: dict[str, RunParameter] = {
     "label": RunParameter("prepare.label"),
+    "labels": RunParameter("prepare.labels"),
     "min_images_per_class": RunParameter("prepare.min_images_per_class"),
     "backbone": RunParameter("train.backbone"),
     "preset": RunParameter("train.preset", null=NO_PRESET),
