@@ -138,7 +138,7 @@ class TrainConfig(Section):
     preset: str | None = None
     task: Literal["classifier", "autoencoder"] = "classifier"
     backbone: str = "tf_efficientnet_lite0"  # any timm model name, or a built-in (small_cnn, conv_autoencoder, ...)
-    pretrained: str = "efficientnet_lite0"  # none | timm | file:PATH | efficientnet_lite0
+    pretrained: str = "efficientnet_lite0"  # none | timm | file:PATH | efficientnet_lite0/1/2 (offline, PyPI)
     attention: Literal["none", "cbam", "spatial"] = "none"
     cbam_reduction: int = Field(default=16, ge=1)
     cbam_kernel: int = Field(default=7, ge=1)
@@ -154,6 +154,11 @@ class TrainConfig(Section):
     freeze_groups: int = Field(default=0, ge=0)
     loss: Literal["ce", "weighted_ce", "mse"] = "ce"
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    # exponential moving average of the weights (per step; 0 = off): validation, checkpoints and
+    # the saved model use the average
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    # the saved classifier classifies each image with its mirror image too (model_spec.flip_tta)
+    flip_tta: bool = False
     # multi-attribute tagging (prepare.labels): attribute -> weight of its head's loss (absent: 1.0)
     loss_weights: dict[str, float] = {}
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"

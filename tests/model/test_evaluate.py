@@ -105,13 +105,14 @@ def test_evaluate_stage_outputs(tiny_pipeline):
     n_test = int(((prep["split"] == "test") & ~prep["is_copy"].astype(bool)).sum())
     assert m["test/n_samples"] == n_test
     preds = pd.read_csv(out / "predictions.csv")
-    assert list(preds.columns) == ["actual", "predicted"] and len(preds) == n_test
+    assert list(preds.columns) == ["id", "actual", "predicted", "confidence", "p_actual"] and len(preds) == n_test
     assert (preds["actual"] == preds["predicted"]).mean() == pytest.approx(m["test/accuracy"])
     report = pd.read_csv(out / "per_class.csv")
-    assert {"class", "precision", "recall", "f1", "support", "specificity"} <= set(report.columns)
+    assert {"class", "precision", "recall", "f1", "support", "specificity", "train_images"} <= set(report.columns)
     assert report["support"].sum() == n_test
     assert "| class |" in (out / "per_class.md").read_text()
-    for png in ("confusion_matrix.png", "per_class_f1.png", "training_curves.png"):
+    for png in ("confusion_matrix.png", "top_confusions.png", "confusion_gallery.png", "per_class_f1.png",
+                "training_curves.png"):
         with Image.open(out / png) as im:
             im.verify()
     with Image.open(out / "confusion_matrix.png") as im:
@@ -146,6 +147,14 @@ def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared
     assert m["test/n_samples"] == 12 and m["test/n_excluded"] == 3
     preds = pd.read_csv(tmp_path / "reports" / "evaluate" / "predictions.csv")
     assert sorted(preds["actual"].unique()) == labels
+    # each row names its catalogue item: the id and its label from styles.csv
+    assert sorted(preds["id"]) == sorted(rows["id"])
+    assert preds["actual"].tolist() == rows.set_index("id").loc[preds["id"], "articleType"].tolist()
+    # the model's classes are the prepared cache's: its training images per class are known
+    prep = pd.read_parquet(Path(params.paths.prepared_dir) / "index.parquet")
+    train = prep[(prep["split"] == "train") & ~prep["is_copy"].astype(bool)]["label"].value_counts()
+    report = pd.read_csv(tmp_path / "reports" / "evaluate" / "per_class.csv")
+    assert report.set_index("class")["train_images"].to_dict() == {c: int(train[c]) for c in report["class"]}
 
 
 def test_evaluate_a_pyfunc_model_uri_matches_the_local_model(tiny_pipeline, tmp_path):

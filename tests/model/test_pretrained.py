@@ -10,7 +10,7 @@ from fashionops.models.spec import ModelSpec
 from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
 from fashionops.models import build_model, model_spec, save_model
-from fashionops.models.pretrained import LITE0_MEAN, LITE0_STD, load_file, load_lite0, map_lite0_state_dict
+from fashionops.models.pretrained import LITE0_MEAN, LITE0_STD, load_file, load_packaged, map_packaged_state_dict
 from fashionops.inference.preprocess import preprocess_batch
 
 CLASSES = ["a", "b", "c"]
@@ -21,26 +21,39 @@ def lite0_spec(**train) -> dict:
     return model_spec(TrainConfig(**train), CLASSES, "articleType", (80, 60))
 
 
-def test_packaged_lite0_classifies_chelsea_as_a_cat():
+@pytest.mark.parametrize(
+    ("name", "backbone", "tensors", "size"),
+    [
+        ("efficientnet_lite0", "tf_efficientnet_lite0", 296, 224),
+        ("efficientnet_lite1", "tf_efficientnet_lite1", 386, 240),
+        ("efficientnet_lite2", "tf_efficientnet_lite2", 386, 260),
+    ],
+)
+def test_packaged_lite_weights_classify_chelsea_as_a_cat(name, backbone, tensors, size):
     import timm
     from skimage import data
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-    report = load_lite0(model)
-    assert report.matched == 296 and not report.missing
+    model = timm.create_model(backbone, pretrained=False, num_classes=1000)
+    report = load_packaged(model, name)
+    assert report.matched == tensors and not report.missing
     model.eval()
-    spec = ModelSpec(backbone="tf_efficientnet_lite0", input_height=224, input_width=224,
+    spec = ModelSpec(backbone=backbone, input_height=size, input_width=size,
                      mean=list(LITE0_MEAN), std=list(LITE0_STD))
     x = preprocess_batch([data.chelsea()], spec)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
     top = int(probs.argmax())
-    assert top in IMAGENET_CATS, f"predicted ImageNet class {top}"
+    assert top in IMAGENET_CATS, f"{name}: predicted ImageNet class {top}"
     assert probs[list(IMAGENET_CATS)].sum() > 0.5
     # Same image, random weights: no cat (guards against the test passing by accident).
-    random_model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000).eval()
+    random_model = timm.create_model(backbone, pretrained=False, num_classes=1000).eval()
     with torch.no_grad():
         assert random_model(x).softmax(-1)[0][list(IMAGENET_CATS)].sum() < 0.5
+
+
+def test_packaged_weights_refuse_another_backbone():
+    with pytest.raises(FashionOpsError, match="efficientnet_lite2 only fits backbone tf_efficientnet_lite2"):
+        build_model(lite0_spec(backbone="tf_efficientnet_lite1", pretrained="efficientnet_lite2"))
 
 
 def test_default_spec_loads_lite0_onto_the_backbone():
@@ -61,7 +74,7 @@ def test_lite0_mapping_checks_shapes():
 
     other = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0)
     with pytest.raises(FashionOpsError, match="efficientnet_lite0"):
-        map_lite0_state_dict(other)
+        map_packaged_state_dict(other)
 
 
 def test_file_checkpoint_round_trip(tmp_path):

@@ -153,6 +153,36 @@ def test_encode_with_mirror_image_and_probabilities():
     assert Predictor(_EmbedOnly().eval(), spec).encode(images, with_probs=True).class_probs is None
 
 
+class _ForwardClassifier(_Classifier):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def test_classifier_mirror_tta_is_the_mean_of_both_logits_eager_and_traced():
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 8, 6, 3), dtype=np.uint8)
+    mirror = images[:, :, ::-1].copy()
+    model = _ForwardClassifier().eval()
+    plain = ModelSpec(backbone="test", input_height=8, input_width=6, mean=[0.5] * 3, std=[0.5] * 3,
+                      classes=["a", "b", "c"], num_classes=3)
+    tta = plain.model_copy(update={"flip_tta": True})
+    with torch.no_grad():
+        def logits(a: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+            return model(x)
+        want = torch.softmax((logits(images) + logits(mirror)) / 2, 1).numpy()
+    predictor = Predictor(model, tta)
+    np.testing.assert_allclose(predictor.predict_proba(images, batch_size=2), want, atol=1e-5)
+    # an image and its mirror image get the same answer; without TTA they do not
+    np.testing.assert_allclose(predictor.predict_proba(mirror), predictor.predict_proba(images), atol=1e-5)
+    untouched = Predictor(model, plain)
+    assert not np.allclose(untouched.predict_proba(mirror), untouched.predict_proba(images), atol=1e-4)
+    answers = predictor.classify(images, k=2)
+    assert [a["probability"] for a in answers] == pytest.approx(want.max(1).tolist(), abs=1e-5)
+    traced = predictor.compiled(["forward"], channels_last=True)
+    assert traced.is_scripted
+    np.testing.assert_allclose(traced.predict_proba(images), want, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- densified_vectors
 def test_densified_vectors_stay_near_their_anchors():
     anchors = clustered_vectors(500, 32, n_clusters=10, seed=2)

@@ -372,3 +372,20 @@ def test_gpu_profile_runs_the_train_stage_on_the_cpu(tmp_path, prepared, mlflow_
     assert report["precision"] == "bf16-mixed"  # what the Trainer ran with, not just the setting
     spec = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())
     assert (spec["input_height"], spec["input_width"]) == (224, 168)
+
+
+def test_ema_average_is_the_saved_model(tmp_path, prepared, mlflow_db):
+    from fashionops.models.torch_files import load_weights_only
+
+    params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=1", "train.ema_decay=0.5"])
+    train(params)
+    out = Path(params.paths.classifier_dir)
+    ckpt = load_weights_only(out / "checkpoints" / "best.ckpt", "test")
+    # the callback stores the average as the checkpoint's state_dict, the live weights beside it
+    assert "current_model_state" in ckpt
+    saved = torch.load(out / "weights.pt", map_location="cpu", weights_only=True)
+    average = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    live = {k[len("model."):]: v for k, v in ckpt["current_model_state"].items() if k.startswith("model.")}
+    head = next(k for k in saved if k.startswith("head") and k.endswith("weight"))
+    torch.testing.assert_close(saved[head], average[head])
+    assert not torch.allclose(saved[head], live[head])  # the average, not the last step's weights

@@ -174,11 +174,22 @@ def misclassified_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequenc
 
 
 def report_markdown(report: pd.DataFrame, metrics: dict[str, float], title: str = "Per-class report (test)") -> str:
-    """The per-class table as Markdown with the headline metrics on top."""
+    """The per-class table as Markdown with the headline metrics on top (a ``train_images``
+    column, when the report has one, after ``support``; empty where unknown)."""
     head = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auprc", "roc_auc_ovr", "log_loss"]
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {metrics[headline_name(k)]:.4f}" for k in head if metrics.get(headline_name(k)) is not None]
-    lines += ["", "| class | precision | recall | f1 | support | specificity |", "|---|---:|---:|---:|---:|---:|"]
-    for row in report.itertuples(index=False):
-        lines.append(f"| {row[0]} | {row[1]:.3f} | {row[2]:.3f} | {row[3]:.3f} | {int(row[4])} | {row[5]:.4f} |")
+    train = "train_images" in report
+    lines += [
+        "",
+        "| class | precision | recall | f1 | support |" + (" train images |" if train else "") + " specificity |",
+        "|---|---:|---:|---:|---:|" + ("---:|" if train else "") + "---:|",
+    ]
+    for _, row in report.iterrows():
+        cells = [str(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}"]
+        cells.append(str(int(row["support"])))
+        if train:
+            cells.append("" if pd.isna(row["train_images"]) else str(int(row["train_images"])))
+        cells.append(f"{row['specificity']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -7,6 +7,10 @@ model's ``classes``, and images of classes the model does not know are excluded 
 A multi-attribute model (``spec.attributes``, the local model) is scored on every head in one
 pass: :attr:`Scored.heads` holds one :class:`Scored` per extra attribute over the images whose
 value of it the model knows (missing values and classes the head lacks are excluded and counted).
+
+Each scored image keeps its item id (:attr:`Scored.ids`) and a way back to its pixels
+(:meth:`Scored.image`), in ``y_true``'s order: ``predictions.csv`` and the confusion gallery
+(:mod:`fashionops.evaluation.error_analysis`) name and show the images themselves.
 """
 
 from __future__ import annotations
@@ -40,10 +44,22 @@ class Scored:
     excluded: dict[str, int] = field(default_factory=dict)  # unknown class -> images dropped
     heads: dict[str, Scored] = field(default_factory=dict)  # multi-attribute: extra attribute -> its scores
     majority: int | None = None  # the train split's most frequent class (a baseline), when known
+    # per image, in y_true's order: the item id (test split: index.parquet's ``id``; a catalogue: its
+    # ``id``, or ``<class folder>/<file name>`` in a folder-per-class catalogue, whose ids are row numbers)
+    ids: np.ndarray | None = None
+    image_of: Callable[[int], np.ndarray] | None = None  # i -> the i-th image, HxWx3 uint8 (gallery)
 
     @property
     def y_pred(self) -> np.ndarray:
         return self.proba.argmax(axis=1)
+
+    def item_ids(self) -> np.ndarray:
+        """The item id of every image (its position when the ids are unknown)."""
+        return self.ids if self.ids is not None else np.arange(len(self.y_true))
+
+    def image(self, i: int) -> np.ndarray | None:
+        """The ``i``-th scored image (HxWx3 uint8), None when the pixels are not at hand."""
+        return None if self.image_of is None else np.asarray(self.image_of(i), dtype=np.uint8)
 
 
 @dataclass
@@ -203,6 +219,8 @@ def score_test_split(model: ScoringModel, prepared_dir: str | Path) -> Scored:
     order = np.argsort(np.argsort(rows))  # images were read in sorted row order
     source = f"{prepared_dir} (test split)"
     scored = Scored(proba[order], y_true, model.classes, model.label_column, source, excluded)
+    scored.ids = test["id"].to_numpy()[mask]
+    scored.image_of = lambda i: np.asarray(images[rows[i]])  # the memory map: read on demand
     if model.attributes:
         train = index[(index["split"] == "train") & ~index["is_copy"].astype(bool)]
         scored.majority = _majority(train["label"], model.classes)
@@ -227,6 +245,18 @@ def score_catalogue(model: ScoringModel, data_dir: str | Path) -> Scored:
     images = [load_rgb(f, name=str(f)) for f in files]  # resized by the model, as the cache was made
     proba, head_probs = model.predict_all(images)
     scored = Scored(proba, y_true, model.classes, model.label_column, str(data_dir), excluded)
+    scored.ids = _catalogue_ids(Path(data_dir), cat[mask])
+    # decoded again on demand: the gallery shows a few dozen, and full-size photos are large to keep
+    scored.image_of = lambda i: load_rgb(files[i], name=str(files[i]))
     if model.attributes:
         scored.heads = _score_heads(model, cat[mask].reset_index(drop=True), head_probs, str(data_dir))
     return scored
+
+
+def _catalogue_ids(data_dir: Path, rows: pd.DataFrame) -> np.ndarray:
+    """The item id of each catalogue row: its ``id`` (Kaggle layout: the image is ``images/{id}.jpg``),
+    or ``<class folder>/<file name>`` for a folder-per-class catalogue (ids there are row numbers)."""
+    if (data_dir / "styles.csv").is_file():
+        return rows["id"].to_numpy()
+    # <class folder>/<file name>: the path under the catalogue (``file`` is resolved: links followed)
+    return np.asarray([f"{Path(f).parent.name}/{Path(f).name}" for f in rows["file"]], dtype=object)

@@ -3,11 +3,16 @@
 Scores either the trained model in ``paths.classifier_dir`` (default) or any MLflow pyfunc
 classifier (``--model-uri``), on the prepared cache's test split (default) or a labelled catalogue
 (``--data``). Writes ``<reports>/evaluate/{metrics.json, summary.json, per_class.csv, per_class.md,
-misclassified_pairs.csv, predictions.csv, confusion_matrix.png, per_class_f1.png,
-training_curves.png}``. Metric names are ``test/<name>``: ``metrics.json`` (the DVC metrics file,
-logged to MLflow under the same names; the registry compares on ``test/macro_f1``) holds the
-headline scores (:data:`fashionops.evaluation.metrics.TEST_HEADLINE`), ``summary.json`` every score
-and count. A multi-attribute model adds every extra head's scores (``test/<attribute>_accuracy``,
+misclassified_pairs.csv, predictions.csv, confusion_matrix.png, top_confusions.png,
+confusion_gallery.png, per_class_f1.png, training_curves.png}`` (the error analysis:
+:mod:`fashionops.evaluation.error_analysis`: ``predictions.csv`` names each image by its item id
+with its top probability, ``per_class.*`` the training images per class and the classes below
+F1 0.8, ``confusion_gallery.png`` shows the most confident mistakes of the most frequent
+confusions, ``top_confusions.png`` those confusions as bars). Metric names are ``test/<name>``:
+``metrics.json`` (the DVC metrics file, logged to MLflow under the same names; the registry
+compares on ``test/macro_f1``) holds the headline scores
+(:data:`fashionops.evaluation.metrics.TEST_HEADLINE`), ``summary.json`` every score and count.
+A multi-attribute model adds every extra head's scores (``test/<attribute>_accuracy``,
 ``per_class_<attribute>.csv``, ``attributes.csv``: :mod:`fashionops.evaluation.heads`).
 """
 
@@ -23,6 +28,14 @@ import pandas as pd
 
 from fashionops.atomic import write_text
 from fashionops.config import EvaluateConfig, PathsConfig, TrackingConfig
+from fashionops.evaluation.error_analysis import (
+    WEAK_F1,
+    predictions_frame,
+    train_image_counts,
+    weak_classes_markdown,
+    with_train_images,
+    write_confusion_gallery,
+)
 from fashionops.evaluation.heads import (
     head_headline_names,
     head_metrics,
@@ -52,16 +65,31 @@ REPORT_FILES = [
     "misclassified_pairs.csv",
     "predictions.csv",
     "confusion_matrix.png",
+    "top_confusions.png",
+    "confusion_gallery.png",
     "per_class_f1.png",
     "training_curves.png",
 ]
 
 
 def write_reports(
-    scored: Scored, out_dir: str | Path, history_csv: str | Path | None, top_misclassified: int = 20
+    scored: Scored,
+    out_dir: str | Path,
+    history_csv: str | Path | None,
+    top_misclassified: int = 20,
+    train_counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Every evaluate output from one scored set; returns every ``test/`` score (``summary.json``)."""
-    from fashionops.evaluation.plots import plot_confusion_matrix, plot_per_class_f1, plot_training_curves
+    """Every evaluate output from one scored set; returns every ``test/`` score (``summary.json``).
+
+    ``train_counts``: training images per class (:func:`train_image_counts`), the ``train_images``
+    column of the per-class table (empty when None).
+    """
+    from fashionops.evaluation.plots import (
+        plot_confusion_matrix,
+        plot_per_class_f1,
+        plot_top_confusions,
+        plot_training_curves,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,17 +101,20 @@ def write_reports(
         metrics.update(head_metrics(scored))
         metrics.update({headline_name(k): v for k, v in majority_scores(scored).items()})
         write_head_reports(scored, metrics, out)
-    report = per_class_report(y_true, y_pred, classes)
+    report = with_train_images(per_class_report(y_true, y_pred, classes), train_counts)
     pairs = misclassified_pairs(y_true, y_pred, classes, top_misclassified)
     write_text(out / "per_class.csv", report.to_csv(index=False))
-    write_text(out / "per_class.md", report_markdown(report, metrics))
-    write_text(out / "misclassified_pairs.csv", pairs.to_csv(index=False))
     write_text(
-        out / "predictions.csv",
-        pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]}).to_csv(
-            index=False
-        ),
+        out / "per_class.md",
+        report_markdown(report, metrics) + weak_classes_markdown(report, y_true, y_pred, classes, WEAK_F1),
     )
+    write_text(out / "misclassified_pairs.csv", pairs.to_csv(index=False))
+    write_text(out / "predictions.csv", predictions_frame(scored).to_csv(index=False))
+    weak = report.loc[report["f1"] < WEAK_F1, "class"].tolist()
+    if weak:
+        log.info("%d classes below F1 %g: %s", len(weak), WEAK_F1, ", ".join(map(str, weak)))
+    plot_top_confusions(pairs, out / "top_confusions.png", title=f"Top {top_misclassified} confusions (test)")
+    write_confusion_gallery(scored, out / "confusion_gallery.png")
     seen = present_labels(y_true, y_pred)
     plot_confusion_matrix(
         confusion(y_true, y_pred, len(classes))[np.ix_(seen, seen)],
@@ -133,7 +164,11 @@ def run_evaluate(
     )
     scored = score_catalogue(model, data_dir) if data_dir else score_test_split(model, paths.prepared_dir)
     out = paths.reports("evaluate")
-    metrics = write_reports(scored, out, paths.reports("train") / "history.csv", cfg.top_misclassified)
+    # the training images per class: the prepared cache's, when it is this model's label space
+    train_counts = train_image_counts(paths.prepared_dir, scored.classes, scored.label_column)
+    metrics = write_reports(
+        scored, out, paths.reports("train") / "history.csv", cfg.top_misclassified, train_counts=train_counts
+    )
     log.info(
         "test accuracy %.4f, macro-F1 %.4f on %d images (%s)",
         metrics["test/accuracy"],

@@ -137,8 +137,19 @@ class Predictor:
         out = []
         with torch.inference_mode():
             for x in self._batches(images, batch_size):
-                out.append(torch.softmax(self.module(x).float(), dim=1).cpu().numpy())
+                (logits,) = self._head_logits(x, "forward")
+                out.append(torch.softmax(logits, dim=1).cpu().numpy())
         return np.concatenate(out)
+
+    def _head_logits(self, x: torch.Tensor, method: str) -> tuple[torch.Tensor, ...]:
+        """Float logits of every head ``method`` gives for batch ``x``; with ``spec.flip_tta`` the
+        mean of each image's and its mirror image's (one pass over both, as :meth:`encode`)."""
+        call = self.module if method == "forward" else getattr(self.module, method)
+        if not self.spec.flip_tta:
+            return tuple(t.float() for t in _as_tuple(call(x)))
+        m = x.shape[0]
+        both = _as_tuple(call(self._layout(torch.cat([x, torch.flip(x, dims=[3])]))))
+        return tuple((t[:m].float() + t[m:].float()) / 2 for t in both)
 
     @staticmethod
     def top_k(probs: np.ndarray, k: int) -> np.ndarray:
@@ -159,13 +170,13 @@ class Predictor:
         parts: list[list[np.ndarray]] = [[] for _ in names]
         with torch.inference_mode():
             for x in self._batches(images, batch_size):
-                heads = _as_tuple(self.module.attribute_logits(x))
+                heads = self._head_logits(x, "attribute_logits")
                 if len(heads) != len(names):
                     raise FashionOpsError(
                         f"the model gives {len(heads)} heads but its spec names {len(names)} attributes ({names})"
                     )
                 for out, logits in zip(parts, heads):
-                    out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                    out.append(torch.softmax(logits, dim=1).cpu().numpy())
         return {name: np.concatenate(p) for name, p in zip(names, parts)}
 
     def classify(self, images: Images, k: int, batch_size: int = 256) -> list[dict[str, Any]]:

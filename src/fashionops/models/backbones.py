@@ -162,7 +162,7 @@ class Backbone(nn.Module):
                 except Exception as exc:
                     raise FashionOpsError(
                         f"train.pretrained=timm: could not download weights for {name!r} ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}); it needs internet; use file:PATH or efficientnet_lite0"
+                        f"{str(exc)[:200]}); it needs internet; use file:PATH or efficientnet_lite0/1/2"
                     ) from exc
             else:
                 self.model = create_timm(name, self.input_hw)

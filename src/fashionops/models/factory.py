@@ -42,7 +42,7 @@ from fashionops.models.attention import CBAM, SpatialAttentionPool
 from fashionops.models.autoencoder import ConvAutoencoder, TimmEncoderAutoencoder
 from fashionops.models.backbones import BUILTIN_BACKBONES, Backbone
 from fashionops.models.heads import LinearHead, build_head
-from fashionops.models.pretrained import LITE0_BACKBONES, LITE0_MEAN, LITE0_STD, apply_pretrained
+from fashionops.models.pretrained import LITE0_MEAN, LITE0_STD, PACKAGED_BACKBONES, apply_pretrained
 from fashionops.models.spec import SPEC_FILE, SPEC_VERSION, ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -123,7 +123,7 @@ def _normalization(train: TrainConfig) -> tuple[list[float], list[float]]:
     if train.normalization == "none":
         return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     if train.normalization == "backbone":
-        if train.pretrained == "efficientnet_lite0" and train.backbone in LITE0_BACKBONES:
+        if train.backbone in PACKAGED_BACKBONES.get(train.pretrained, ()):
             return list(LITE0_MEAN), list(LITE0_STD)
         if train.backbone not in BUILTIN_BACKBONES and train.backbone != "conv_autoencoder":
             try:
@@ -173,6 +173,7 @@ def model_spec(
         "std": std,
         "pretrained": train.pretrained,
         "attributes": {str(a): [str(c) for c in cs] for a, cs in (attributes or {}).items()},
+        "flip_tta": bool(train.flip_tta and train.task == "classifier"),
     }
     draft = ModelSpec.from_dict(spec)
     with torch.device("meta"):

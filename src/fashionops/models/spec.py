@@ -54,6 +54,9 @@ class ModelSpec(BaseModel):
     loss_kind: str | None = None
     # extra heads of a multi-attribute model, in order: attribute -> classes (primary excluded)
     attributes: dict[str, list[str]] = Field(default_factory=dict)
+    # classify each image together with its mirror image (mean logits): evaluate, pyfunc, server
+    # and batch scoring all classify through the Predictor, which honours it
+    flip_tta: bool = False
 
     @field_validator("attributes", mode="before")
     @classmethod

@@ -39,7 +39,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
 from fashionops.config import PathsConfig, TrackingConfig, TrainConfig, flatten
 from fashionops.errors import FashionOpsError
@@ -174,6 +174,9 @@ def build_trainer(
         checkpoint,
         *(extra_callbacks or []),
     ]
+    if cfg.ema_decay > 0:
+        # swaps the average in for validation and checkpoints (so best.ckpt holds the average)
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     limit = cfg.limit_batches
     trainer = L.Trainer(
         accelerator=runtime["accelerator"],

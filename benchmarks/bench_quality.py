@@ -1,0 +1,218 @@
+"""Classifier quality levers, side by side on one prepared split (issue 12): accuracy, not speed.
+
+Each *run* trains the ``train`` stage (``run_train``, the stage's own code) with ``--set``-style
+overrides on top of ``params.yaml`` into a scratch directory (the workspace's model, reports and
+MLflow store are never written), then scores the validation and the test split with the saved
+model, each image alone (``plain``) and averaged with its mirror image (``flip``: mean logits, as
+``train.flip_tta`` makes the Predictor do). Choose on ``val``; ``test`` is reported beside it.
+
+    # one lever against the current params (the default itself: no overrides)
+    .venv/bin/python benchmarks/bench_quality.py run default
+    .venv/bin/python benchmarks/bench_quality.py run lite2 train.backbone=tf_efficientnet_lite2 \\
+        train.pretrained=efficientnet_lite2
+    # the chosen default over several seeds (mean and spread)
+    .venv/bin/python benchmarks/bench_quality.py seeds --seeds 42 1 2
+    # score an already trained model directory without training (e.g. models/classifier)
+    .venv/bin/python benchmarks/bench_quality.py score main --model-dir models/classifier
+
+Results: ``benchmarks/results/quality_levers.json`` (one entry per run name, replaced when run
+again) and ``benchmarks/results/quality_seeds.json``. Training seconds are comparable only between
+runs on one machine under the same load; ``machine`` records the CPU and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from fashionops.atomic import write_text  # noqa: E402
+from fashionops.config import Params, load_params  # noqa: E402
+
+log = logging.getLogger("bench_quality")
+RESULTS = REPO / "benchmarks" / "results"
+SCORES = ("accuracy", "macro_f1", "macro_auprc", "log_loss")
+TRAIN_KEYS = ("seconds", "images_per_s", "best_epoch", "best_val_macro_f1", "best_val_acc", "epochs_run")
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (training seconds depend on it)."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "platform": platform.platform(),
+    }
+
+
+def split_images(prepared_dir: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 NHWC images, label indexes into ``classes``) of one split, oversampled copies excluded."""
+    import pandas as pd
+
+    index = pd.read_parquet(prepared_dir / "index.parquet")
+    part = index[index["split"] == split]
+    if "is_copy" in part:
+        part = part[~part["is_copy"].astype(bool)]
+    part = part.sort_values("row")
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = part["label"].map(lookup).to_numpy()
+    images = np.load(prepared_dir / "images.npy", mmap_mode="r")
+    return np.ascontiguousarray(images[part["row"].to_numpy()]), y.astype(np.int64)
+
+
+def score_model(model_dir: Path, prepared_dir: Path) -> dict[str, Any]:
+    """``{split}_{plain,flip}`` scores of a saved classifier on the val and test splits."""
+    from fashionops.evaluation.metrics import classification_metrics
+    from fashionops.inference.predictor import Predictor
+
+    loaded = Predictor.from_dir(model_dir)
+    # both views from one model, whatever its own flip_tta says
+    plain = Predictor(loaded.module, loaded.spec.model_copy(update={"flip_tta": False}))
+    flip = Predictor(loaded.module, loaded.spec.model_copy(update={"flip_tta": True}))
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        images, y = split_images(prepared_dir, split, plain.classes)
+        for view, predictor in (("plain", plain), ("flip", flip)):
+            t0 = time.perf_counter()
+            proba = predictor.predict_proba(images)
+            scores = classification_metrics(y, proba.argmax(1), proba, len(plain.classes))
+            out[f"{split}_{view}"] = {k: round(float(scores[k]), 6) for k in SCORES}
+            out[f"{split}_{view}"]["n"] = int(len(y))
+            out[f"{split}_{view}"]["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def train_and_score(name: str, overrides: list[str], work: Path, params_path: Path) -> dict[str, Any]:
+    """Train with ``overrides`` into ``work/name`` (own MLflow store there) and score the result."""
+    from fashionops.training.stage import run_train
+
+    out = work / name
+    scratch = [
+        f"paths.classifier_dir={out / 'classifier'}",
+        f"paths.reports_dir={out / 'reports'}",
+        f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
+        f"tracking.artifact_location={out / 'artifacts'}",
+    ]
+    p: Params = load_params(params_path, [*overrides, *scratch])
+    t0 = time.perf_counter()
+    metrics = run_train(p.train, p.paths, p.tracking, balance=p.prepare.balance, run_config=p.flat())
+    result = {
+        "name": name,
+        "overrides": overrides,
+        "train": {k: metrics.get(k) for k in TRAIN_KEYS},
+        "train_wall_seconds": round(time.perf_counter() - t0, 1),
+        **score_model(out / "classifier", Path(p.paths.prepared_dir)),
+    }
+    return result
+
+
+def seed_run(seed: int, model_dir: str | None, overrides: list[str], work: Path, params_path: Path) -> dict[str, Any]:
+    """One seed: trained here, or (``model_dir``) a model already trained with that seed, scored."""
+    if model_dir is None:
+        return train_and_score(f"seed{seed}", [*overrides, f"train.seed={seed}"], work, params_path)
+    summary = Path(model_dir).parent.parent / "reports" / "train" / "summary.json"  # the workspace's report
+    train = json.loads(summary.read_text()) if summary.is_file() else {}
+    prepared = Path(load_params(params_path, overrides).paths.prepared_dir)
+    return {
+        "name": f"seed{seed}",
+        "model_dir": str(model_dir),
+        "train": {k: train.get(k) for k in TRAIN_KEYS},
+        **score_model(Path(model_dir), prepared),
+    }
+
+
+def record(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Put ``entry`` under ``key`` in the JSON results file (atomically; other keys kept)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = {**entry, "machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max (std 0 for one value)."""
+    return {
+        "mean": round(statistics.fmean(values), 6),
+        "std": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0,
+        "min": round(min(values), 6),
+        "max": round(max(values), 6),
+    }
+
+
+def summarise_seeds(runs: list[dict[str, Any]], view: str) -> dict[str, Any]:
+    """Mean/spread over seed runs of every score of ``{val,test}_{view}`` and the training seconds."""
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        for score in SCORES:
+            out[f"{split}/{score}"] = spread([r[f"{split}_{view}"][score] for r in runs])
+    seconds = [r["train"]["seconds"] for r in runs if r["train"].get("seconds") is not None]
+    if seconds:
+        out["train/seconds"] = spread(seconds)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train one lever and score it")
+    run.add_argument("name")
+    run.add_argument("overrides", nargs="*", help="section.key=value, as --set")
+    seeds = sub.add_parser("seeds", help="the current params over several train.seed values")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    seeds.add_argument(
+        "--trained",
+        action="append",
+        default=[],
+        metavar="SEED=DIR",
+        help="score this already trained model for SEED instead of training it (e.g. 42=models/classifier "
+        "after `make run` with train.seed 42)",
+    )
+    seeds.add_argument("overrides", nargs="*")
+    score = sub.add_parser("score", help="score a trained model directory (no training)")
+    score.add_argument("name")
+    score.add_argument("--model-dir", type=Path, default=REPO / "models" / "classifier")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+        work = args.work or Path(tmp)
+        if args.command == "score":
+            prepared = Path(load_params(args.params).paths.prepared_dir)
+            entry = {"name": args.name, "model_dir": str(args.model_dir), **score_model(args.model_dir, prepared)}
+            record(RESULTS / "quality_levers.json", args.name, entry)
+        elif args.command == "run":
+            entry = train_and_score(args.name, args.overrides, work, args.params)
+            record(RESULTS / "quality_levers.json", args.name, entry)
+        else:
+            trained = dict(item.split("=", 1) for item in args.trained)
+            runs = [seed_run(s, trained.get(str(s)), args.overrides, work, args.params) for s in args.seeds]
+            view = "flip" if load_params(args.params, args.overrides).train.flip_tta else "plain"
+            entry = {
+                "seeds": args.seeds,
+                "overrides": args.overrides,
+                "view": view,
+                "summary": summarise_seeds(runs, view),
+                "runs": runs,
+            }
+            record(RESULTS / "quality_seeds.json", "default", entry)
+            entry = {"name": "seeds", **entry}
+    log.info("%s", json.dumps({k: v for k, v in entry.items() if k != "runs"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
