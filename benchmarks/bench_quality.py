@@ -119,12 +119,21 @@ def train_and_score(name: str, overrides: list[str], work: Path, params_path: Pa
     return result
 
 
+def train_summary(model_dir: Path) -> dict[str, Any]:
+    """The train stage's summary.json of ``model_dir``: beside it (``<run>/classifier`` +
+    ``<run>/reports``, as :func:`train_and_score` lays out) or the workspace's (``models/classifier``)."""
+    for root in (model_dir.parent, model_dir.parent.parent):
+        path = root / "reports" / "train" / "summary.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+    return {}
+
+
 def seed_run(seed: int, model_dir: str | None, overrides: list[str], work: Path, params_path: Path) -> dict[str, Any]:
     """One seed: trained here, or (``model_dir``) a model already trained with that seed, scored."""
     if model_dir is None:
         return train_and_score(f"seed{seed}", [*overrides, f"train.seed={seed}"], work, params_path)
-    summary = Path(model_dir).parent.parent / "reports" / "train" / "summary.json"  # the workspace's report
-    train = json.loads(summary.read_text()) if summary.is_file() else {}
+    train = train_summary(Path(model_dir))
     prepared = Path(load_params(params_path, overrides).paths.prepared_dir)
     return {
         "name": f"seed{seed}",
@@ -185,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     score = sub.add_parser("score", help="score a trained model directory (no training)")
     score.add_argument("name")
     score.add_argument("--model-dir", type=Path, default=REPO / "models" / "classifier")
+    score.add_argument("overrides", nargs="*", help="what the model was trained with (recorded, not applied)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -192,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         if args.command == "score":
             prepared = Path(load_params(args.params).paths.prepared_dir)
-            entry = {"name": args.name, "model_dir": str(args.model_dir), **score_model(args.model_dir, prepared)}
+            train = train_summary(args.model_dir)
+            entry = {
+                "name": args.name,
+                "overrides": args.overrides,
+                "model_dir": str(args.model_dir),
+                "train": {k: train.get(k) for k in TRAIN_KEYS},
+                **score_model(args.model_dir, prepared),
+            }
             record(RESULTS / "quality_levers.json", args.name, entry)
         elif args.command == "run":
             entry = train_and_score(args.name, args.overrides, work, args.params)
