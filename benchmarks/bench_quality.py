@@ -14,8 +14,10 @@ model, each image alone (``plain``) and averaged with its mirror image (``flip``
     .venv/bin/python benchmarks/bench_quality.py seeds --seeds 42 1 2
     # score an already trained model directory without training (e.g. models/classifier)
     .venv/bin/python benchmarks/bench_quality.py score main --model-dir models/classifier
+    # what each lever costs: training images/s of every variant, side by side in one process
+    .venv/bin/python benchmarks/bench_quality.py cost
 
-Results: ``benchmarks/results/quality_levers.json`` (one entry per run name, replaced when run
+Results: ``benchmarks/results/quality_levers.json``, ``quality_cost.json`` (one entry per run name, replaced when run
 again) and ``benchmarks/results/quality_seeds.json``. Training seconds are comparable only between
 runs on one machine under the same load; ``machine`` records the CPU and the load average.
 """
@@ -143,6 +145,53 @@ def seed_run(seed: int, model_dir: str | None, overrides: list[str], work: Path,
     }
 
 
+# lever name -> TrainConfig overrides whose training cost ``cost`` measures (the default first)
+COST_VARIANTS: dict[str, dict[str, Any]] = {
+    "lite0 80x60 freeze 3 (old default)": {},
+    "lite0 96x72 freeze 3 (default)": {"input_height": 96, "input_width": 72},
+    "lite0 112x84 freeze 3": {"input_height": 112, "input_width": 84},
+    "lite0 128x96 freeze 3": {"input_height": 128, "input_width": 96},
+    "lite0 80x60 freeze 1": {"freeze_groups": 1},
+    "lite0 80x60 freeze 0": {"freeze_groups": 0},
+    "lite0 80x60 freeze 5": {"freeze_groups": 5},
+    "lite1 80x60 freeze 3": {"backbone": "tf_efficientnet_lite1"},
+    "lite2 80x60 freeze 3": {"backbone": "tf_efficientnet_lite2"},
+}
+
+
+def training_cost(steps: int = 12, batch_size: int = 64) -> dict[str, float]:
+    """Training images/s of each :data:`COST_VARIANTS` entry on random batches (53 classes,
+    channels_last, AdamW, the CPU's threads), one after the other in this process."""
+    import torch
+
+    from fashionops.config import TrainConfig
+    from fashionops.models.backbones import freeze_leading_groups
+    from fashionops.models.factory import build_model, model_spec
+
+    classes = [f"c{i}" for i in range(53)]
+    out: dict[str, float] = {}
+    for name, overrides in COST_VARIANTS.items():
+        cfg = TrainConfig(pretrained="none", freeze_groups=3, **overrides)
+        spec = model_spec(cfg, classes, "articleType", (80, 60))
+        model = build_model(spec, pretrained="none")
+        freeze_leading_groups(model, cfg.freeze_groups)
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        x = torch.randn(batch_size, 3, *spec.input_size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, len(classes), (batch_size,))
+
+        for i in range(3 + steps):  # 3 warm-up steps: oneDNN picks its kernels
+            if i == 3:
+                t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[name] = round(steps * batch_size / (time.perf_counter() - t0), 1)
+        log.info("%s: %.1f images/s", name, out[name])
+    return out
+
+
 def record(path: Path, key: str, entry: dict[str, Any]) -> None:
     """Put ``entry`` under ``key`` in the JSON results file (atomically; other keys kept)."""
     data = json.loads(path.read_text()) if path.is_file() else {}
@@ -191,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "after `make run` with train.seed 42)",
     )
     seeds.add_argument("overrides", nargs="*")
+    cost = sub.add_parser("cost", help="training images/s of each lever's model, side by side")
+    cost.add_argument("--steps", type=int, default=12)
     score = sub.add_parser("score", help="score a trained model directory (no training)")
     score.add_argument("name")
     score.add_argument("--model-dir", type=Path, default=REPO / "models" / "classifier")
@@ -200,7 +251,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         work = args.work or Path(tmp)
-        if args.command == "score":
+        if args.command == "cost":
+            speeds = training_cost(args.steps)
+            base = next(iter(speeds.values()))
+            entry: dict[str, Any] = {
+                "images_per_s": speeds,
+                "time_vs_old_default": {k: round(base / v, 2) for k, v in speeds.items()},
+            }
+            record(RESULTS / "quality_cost.json", "training", entry)
+        elif args.command == "score":
             prepared = Path(load_params(args.params).paths.prepared_dir)
             train = train_summary(args.model_dir)
             entry = {

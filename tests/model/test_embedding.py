@@ -28,7 +28,7 @@ def model_and_items(tiny_pipeline):
 def test_cached_pixels_equal_decoded_files(model_and_items):
     p, predictor, cat = model_and_items
     cache = PixelCache.open(p.paths.prepared_dir)
-    assert cache is not None and cache.size == tuple(predictor.input_size)
+    assert cache is not None and cache.size == tuple(predictor.pixel_size)
     files = cat["file"].astype(str).tolist()
     images, shas, n_cached = load_item_pixels(files, predictor, cache)
     prepared = pd.read_parquet(Path(p.paths.prepared_dir) / "index.parquet")
@@ -73,8 +73,10 @@ def test_encoder_matches_eager_decoding(model_and_items):
 def test_another_input_size_decodes_the_files(model_and_items):
     p, predictor, cat = model_and_items
     h, w = predictor.input_size
-    bigger = Predictor(predictor.module, predictor.spec.model_copy(update={"input_height": h + 8}))
-    assert bigger.input_size == (h + 8, w)
+    # a model fed images of its own input size (no cache_height/width: one trained before they existed)
+    unsized = {"input_height": h + 8, "cache_height": None, "cache_width": None}
+    bigger = Predictor(predictor.module, predictor.spec.model_copy(update=unsized))
+    assert bigger.input_size == bigger.pixel_size == (h + 8, w)
     cache = PixelCache.open(p.paths.prepared_dir)
     files = cat["file"].astype(str).tolist()[:5]
     encoded, _ = embed_catalogue(cat.iloc[:5], bigger, 4, pixels=cache)

@@ -61,14 +61,19 @@ def _decoded(files: list[Path]) -> list[np.ndarray]:
 
 
 def _softmax_heads(predictor, decoded: list[np.ndarray]) -> list[np.ndarray]:
-    """Softmax of every head of ``attribute_logits``, straight from the eager module."""
+    """Softmax of every head of ``attribute_logits``, straight from the eager module (with the
+    spec's ``flip_tta``: of the mean logits of each image and its mirror image)."""
     import torch
 
     from fashionops.inference.preprocess import preprocess_batch
 
     x = preprocess_batch(predictor.fit(decoded), predictor.spec, predictor.device)
     with torch.inference_mode():
-        return [torch.softmax(t.float(), dim=1).numpy() for t in predictor.module.attribute_logits(x)]
+        heads = [t.float() for t in predictor.module.attribute_logits(x)]
+        if predictor.spec.flip_tta:
+            mirrored = predictor.module.attribute_logits(torch.flip(x, dims=[3]))
+            heads = [(t + m.float()) / 2 for t, m in zip(heads, mirrored)]
+        return [torch.softmax(t, dim=1).numpy() for t in heads]
 
 
 def test_predictor_tags_every_attribute_as_softmax_of_its_head(multi, tiny_pipeline, images):

@@ -123,7 +123,7 @@ def score_images(
     predictor, embedder, searcher = models
     classes = predictor.classes
     batch = predictor.fit(images)
-    same_input = embedder is predictor or embedder.input_size == predictor.input_size
+    same_input = embedder is predictor or embedder.pixel_size == predictor.pixel_size
     # every class: the full probabilities (drift monitoring) from the same answer as the top k
     answers = predictor.classify(batch, len(classes), batch_size=batch_size)
     position = {c: i for i, c in enumerate(classes)}

@@ -80,6 +80,12 @@ class Predictor:
         return self.spec.input_size
 
     @property
+    def pixel_size(self) -> tuple[int, int]:
+        """``(height, width)`` :meth:`fit` brings images to: the prepared cache's size the model was
+        trained from (a model that upsamples it resizes on the tensor, as training did)."""
+        return self.spec.pixel_size
+
+    @property
     def task(self) -> str:
         return self.spec.task
 
@@ -107,9 +113,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ input
     def fit(self, images: Images) -> np.ndarray:
-        """Images as one uint8 NHWC batch at the model's input size (PIL resize of those of
-        another size, as the prepared cache was made)."""
-        h, w = self.input_size
+        """Images as one uint8 NHWC batch at :attr:`pixel_size` (PIL resize of those of another
+        size, as the prepared cache was made; the forward pass resizes on to the input size)."""
+        h, w = self.pixel_size
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (h, w):
             return np.ascontiguousarray(images)
         if isinstance(images, np.ndarray) and images.ndim == 3:

@@ -174,6 +174,8 @@ def model_spec(
         "pretrained": train.pretrained,
         "attributes": {str(a): [str(c) for c in cs] for a, cs in (attributes or {}).items()},
         "flip_tta": bool(train.flip_tta and train.task == "classifier"),
+        "cache_height": int(cache_hw[0]),
+        "cache_width": int(cache_hw[1]),
     }
     draft = ModelSpec.from_dict(spec)
     with torch.device("meta"):

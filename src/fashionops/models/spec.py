@@ -57,6 +57,10 @@ class ModelSpec(BaseModel):
     # classify each image together with its mirror image (mean logits): evaluate, pyfunc, server
     # and batch scoring all classify through the Predictor, which honours it
     flip_tta: bool = False
+    # the prepared cache's size the model was trained from (None: its input size): single images
+    # are resized to it first, as prepare did, then to the input size on the tensor, as training did
+    cache_height: int | None = None
+    cache_width: int | None = None
 
     @field_validator("attributes", mode="before")
     @classmethod
@@ -73,6 +77,13 @@ class ModelSpec(BaseModel):
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` in pixels of the images the model takes."""
         return self.input_height, self.input_width
+
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the uint8 images the model is fed (the cache's; see ``cache_height``)."""
+        if self.cache_height and self.cache_width:
+            return self.cache_height, self.cache_width
+        return self.input_size
 
     @property
     def is_classifier(self) -> bool:

@@ -81,8 +81,8 @@ def embed_catalogue(
 ) -> tuple[Encoded, pd.DataFrame]:
     """Decode every catalogue image at the model's input size and encode it (:meth:`Predictor.encode`).
 
-    ``pixels``: the prepared cache; an item whose file bytes hash to a cached image of the model's
-    input size is taken from it instead of being decoded again. Files are read, hashed and decoded
+    ``pixels``: the prepared cache; an item whose file bytes hash to a cached image is taken from it
+    instead of being decoded again, when the cache's size is the model's pixel size. Files are read, hashed and decoded
     ``chunk`` images at a time in a background thread while the model encodes the previous chunk.
     ``threads``: forward passes run in parallel on the CPU, each single-threaded (None: one per
     usable core; 1: one pass with torch's own intra-op threads). Small images are encoded
@@ -90,8 +90,8 @@ def embed_catalogue(
     Returns ``(encoded, items)`` where ``items`` has ``annoy_idx`` and ``sha256`` of the file bytes.
     Unreadable images raise ``DataError`` naming the file.
     """
-    if pixels is not None and pixels.size != tuple(predictor.input_size):
-        pixels = None  # another input size: resizing the cache would not match decoding the file
+    if pixels is not None and pixels.size != tuple(predictor.pixel_size):
+        pixels = None  # another size: resizing the cache would not match decoding the file
     files = [str(f) for f in cat["file"]]
     starts = list(range(0, len(files), chunk))
     chunks: list[Encoded] = []
@@ -161,11 +161,11 @@ def _encode_chunk(
 def load_item_pixels(
     files: list[str], predictor: Predictor, pixels: PixelCache | None
 ) -> tuple[np.ndarray, list[str], int]:
-    """``files`` as one uint8 NHWC batch at the model's input size, their sha256s, how many came
-    from the cache."""
+    """``files`` as one uint8 NHWC batch at the model's pixel size (:attr:`Predictor.pixel_size`),
+    their sha256s, how many came from the cache."""
     from fashionops.data.imaging import load_rgb, read_image_bytes
 
-    h, w = predictor.input_size
+    h, w = predictor.pixel_size
     out = np.empty((len(files), h, w, 3), dtype=np.uint8)
     shas: list[str] = []
     from_cache: list[tuple[int, int]] = []  # (position, cache row)
