@@ -10,8 +10,9 @@ model, each image alone (``plain``) and averaged with its mirror image (``flip``
     .venv/bin/python benchmarks/bench_quality.py run default
     .venv/bin/python benchmarks/bench_quality.py run lite2 train.backbone=tf_efficientnet_lite2 \\
         train.pretrained=efficientnet_lite2
-    # the chosen default over several seeds (mean and spread)
+    # the chosen default over several seeds (mean and spread); a candidate under its own name
     .venv/bin/python benchmarks/bench_quality.py seeds --seeds 42 1 2
+    .venv/bin/python benchmarks/bench_quality.py seeds train.batch_size=32 --name bs32 --seeds 1 2
     # score an already trained model directory without training (e.g. models/classifier)
     .venv/bin/python benchmarks/bench_quality.py score main --model-dir models/classifier
     # what each lever costs: training images/s of every variant, side by side in one process
@@ -135,20 +136,26 @@ def seed_run(seed: int, model_dir: str | None, overrides: list[str], work: Path,
     """One seed: trained here, or (``model_dir``) a model already trained with that seed, scored."""
     if model_dir is None:
         return train_and_score(f"seed{seed}", [*overrides, f"train.seed={seed}"], work, params_path)
-    train = train_summary(Path(model_dir))
     prepared = Path(load_params(params_path, overrides).paths.prepared_dir)
+    return score_trained(f"seed{seed}", Path(model_dir), prepared)
+
+
+def score_trained(name: str, model_dir: Path, prepared_dir: Path) -> dict[str, Any]:
+    """Scores of a model trained elsewhere, with its train stage summary (when found beside it)."""
+    train = train_summary(model_dir)
     return {
-        "name": f"seed{seed}",
+        "name": name,
         "model_dir": str(model_dir),
         "train": {k: train.get(k) for k in TRAIN_KEYS},
-        **score_model(Path(model_dir), prepared),
+        **score_model(model_dir, prepared_dir),
     }
 
 
+DEFAULT_VARIANT = "lite0 96x72 freeze 3 (default)"
 # lever name -> TrainConfig overrides whose training cost ``cost`` measures (the default first)
 COST_VARIANTS: dict[str, dict[str, Any]] = {
     "lite0 80x60 freeze 3 (old default)": {},
-    "lite0 96x72 freeze 3 (default)": {"input_height": 96, "input_width": 72},
+    DEFAULT_VARIANT: {"input_height": 96, "input_width": 72},
     "lite0 112x84 freeze 3": {"input_height": 112, "input_width": 84},
     "lite0 128x96 freeze 3": {"input_height": 128, "input_width": 96},
     "lite0 80x60 freeze 1": {"freeze_groups": 1},
@@ -156,12 +163,15 @@ COST_VARIANTS: dict[str, dict[str, Any]] = {
     "lite0 80x60 freeze 5": {"freeze_groups": 5},
     "lite1 80x60 freeze 3": {"backbone": "tf_efficientnet_lite1"},
     "lite2 80x60 freeze 3": {"backbone": "tf_efficientnet_lite2"},
+    "lite0 96x72 freeze 3 batch 32": {"input_height": 96, "input_width": 72, "batch_size": 32},
+    "lite0 96x72 freeze 4 batch 32": {"input_height": 96, "input_width": 72, "batch_size": 32, "freeze_groups": 4},
 }
 
 
 def training_cost(steps: int = 12, batch_size: int = 64) -> dict[str, float]:
     """Training images/s of each :data:`COST_VARIANTS` entry on random batches (53 classes,
-    channels_last, AdamW, the CPU's threads), one after the other in this process."""
+    channels_last, fused AdamW, the CPU's threads; ``steps`` batches of ``batch_size`` images, or as
+    many images in the variant's batch size), one after the other in this process."""
     import torch
 
     from fashionops.config import TrainConfig
@@ -171,23 +181,25 @@ def training_cost(steps: int = 12, batch_size: int = 64) -> dict[str, float]:
     classes = [f"c{i}" for i in range(53)]
     out: dict[str, float] = {}
     for name, overrides in COST_VARIANTS.items():
-        cfg = TrainConfig(pretrained="none", freeze_groups=3, **overrides)
+        cfg = TrainConfig(**{"pretrained": "none", "freeze_groups": 3, "batch_size": batch_size, **overrides})
         spec = model_spec(cfg, classes, "articleType", (80, 60))
         model = build_model(spec, pretrained="none")
         freeze_leading_groups(model, cfg.freeze_groups)
         model = model.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        x = torch.randn(batch_size, 3, *spec.input_size).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, len(classes), (batch_size,))
-
-        for i in range(3 + steps):  # 3 warm-up steps: oneDNN picks its kernels
+        # fused, as the train stage's optimiser
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
+        x = torch.randn(cfg.batch_size, 3, *spec.input_size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, len(classes), (cfg.batch_size,))
+        # the same number of images for every batch size
+        batches = steps * batch_size // cfg.batch_size
+        for i in range(3 + batches):  # 3 warm-up steps: oneDNN picks its kernels
             if i == 3:
                 t0 = time.perf_counter()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        out[name] = round(steps * batch_size / (time.perf_counter() - t0), 1)
+        out[name] = round(batches * cfg.batch_size / (time.perf_counter() - t0), 1)
         log.info("%s: %.1f images/s", name, out[name])
     return out
 
@@ -231,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", help="section.key=value, as --set")
     seeds = sub.add_parser("seeds", help="the current params over several train.seed values")
     seeds.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    seeds.add_argument("--name", default="default", help="its entry in quality_seeds.json (candidates: the lever)")
     seeds.add_argument(
         "--trained",
         action="append",
@@ -257,18 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict[str, Any] = {
                 "images_per_s": speeds,
                 "time_vs_old_default": {k: round(base / v, 2) for k, v in speeds.items()},
+                "time_vs_default": {k: round(speeds[DEFAULT_VARIANT] / v, 2) for k, v in speeds.items()},
             }
             record(RESULTS / "quality_cost.json", "training", entry)
         elif args.command == "score":
             prepared = Path(load_params(args.params).paths.prepared_dir)
-            train = train_summary(args.model_dir)
-            entry = {
-                "name": args.name,
-                "overrides": args.overrides,
-                "model_dir": str(args.model_dir),
-                "train": {k: train.get(k) for k in TRAIN_KEYS},
-                **score_model(args.model_dir, prepared),
-            }
+            entry = {"overrides": args.overrides, **score_trained(args.name, args.model_dir, prepared)}
             record(RESULTS / "quality_levers.json", args.name, entry)
         elif args.command == "run":
             entry = train_and_score(args.name, args.overrides, work, args.params)
@@ -284,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": summarise_seeds(runs, view),
                 "runs": runs,
             }
-            record(RESULTS / "quality_seeds.json", "default", entry)
-            entry = {"name": "seeds", **entry}
+            record(RESULTS / "quality_seeds.json", args.name, entry)
+            entry = {"name": args.name, **entry}
     log.info("%s", json.dumps({k: v for k, v in entry.items() if k != "runs"}, indent=1))
     return 0
 

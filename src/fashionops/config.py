@@ -163,6 +163,9 @@ class TrainConfig(Section):
     loss_weights: dict[str, float] = {}
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
+    # discriminative learning rates: the pretrained backbone learns at lr * this, the new layers
+    # (attention, heads) at lr
+    backbone_lr_scale: float = Field(default=1.0, gt=0, le=1)
     weight_decay: float = Field(default=0.01, ge=0)
     momentum: float = Field(default=0.9, ge=0)
     scheduler: Literal["onecycle", "cosine", "plateau", "none"] = "onecycle"

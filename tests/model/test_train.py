@@ -52,20 +52,31 @@ def mlflow_db(tmp_path_factory) -> Path:
 
 
 def train_params(work: Path, prepared: Path, db: Path, extra: list[str] = ()):
-    return params_for(work, None, TINY + [
-        f"paths.prepared_dir={prepared}",
-        f"tracking.tracking_uri=sqlite:///{db / 'mlflow.db'}",
-        f"tracking.artifact_location={db / 'artifacts'}",
-        *extra,
-    ])
+    return params_for(
+        work,
+        None,
+        TINY
+        + [
+            f"paths.prepared_dir={prepared}",
+            f"tracking.tracking_uri=sqlite:///{db / 'mlflow.db'}",
+            f"tracking.artifact_location={db / 'artifacts'}",
+            *extra,
+        ],
+    )
 
 
 def train(params, resume: bool = False) -> dict:
     """The stage as `fashionops train` calls it."""
     from fashionops.training.stage import run_train
 
-    return run_train(params.train, params.paths, params.tracking, balance=params.prepare.balance, resume=resume,
-                     run_config=params.flat())
+    return run_train(
+        params.train,
+        params.paths,
+        params.tracking,
+        balance=params.prepare.balance,
+        resume=resume,
+        run_config=params.flat(),
+    )
 
 
 def read_history(path: Path) -> list[dict[str, str]]:
@@ -135,10 +146,16 @@ def test_train_writes_model_reports_checkpoints_and_mlflow_run(tmp_path, prepare
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     assert run.data.metrics["train/best_val_macro_f1"] == pytest.approx(metrics["best_val_macro_f1"])
     assert run.data.tags["version.torch"] == torch.__version__ and run.data.tags["device"] == metrics["device"]
-    artifacts = {a.path for d in ("", "model", "checkpoints", "train")
-                 for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"model/labels.json", "checkpoints/best.ckpt", "train/metrics.json", "train/summary.json",
-            "train/history.csv"} <= artifacts
+    artifacts = {
+        a.path for d in ("", "model", "checkpoints", "train") for a in client.list_artifacts(run.info.run_id, d)
+    }
+    assert {
+        "model/labels.json",
+        "checkpoints/best.ckpt",
+        "train/metrics.json",
+        "train/summary.json",
+        "train/history.csv",
+    } <= artifacts
 
     # resuming with params that change the run is refused with the keys named
     from fashionops.errors import FashionOpsError
@@ -159,11 +176,17 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
     killed_work = tmp_path / "killed"
     params = train_params(killed_work, prepared, mlflow_db, extra)
     cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
-    for item in TINY + extra + [
-        f"paths.prepared_dir={prepared}", f"paths.classifier_dir={params.paths.classifier_dir}",
-        f"paths.reports_dir={params.paths.reports_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
-        f"tracking.artifact_location={params.tracking.artifact_location}",
-    ]:
+    for item in (
+        TINY
+        + extra
+        + [
+            f"paths.prepared_dir={prepared}",
+            f"paths.classifier_dir={params.paths.classifier_dir}",
+            f"paths.reports_dir={params.paths.reports_dir}",
+            f"tracking.tracking_uri={params.tracking.tracking_uri}",
+            f"tracking.artifact_location={params.tracking.artifact_location}",
+        ]
+    ):
         cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     last = Path(params.paths.classifier_dir) / "checkpoints/last.ckpt"
@@ -172,8 +195,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared, m
         deadline = time.monotonic() + 240
         while not last.is_file():
             if proc.poll() is not None:
-                pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint: "
-                            f"{proc.stderr.read()[-2000:]}")
+                pytest.fail(
+                    f"training exited ({proc.returncode}) before its first checkpoint: {proc.stderr.read()[-2000:]}"
+                )
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -230,10 +254,18 @@ def test_weighted_sampler_and_weighted_ce_train(tmp_path, prepared, mlflow_db):
 
     from fashionops.training.stage import run_train
 
-    params = train_params(tmp_path, prepared, mlflow_db, [
-        "prepare.balance=weighted_sampler", "train.loss=weighted_ce", "train.epochs=1", "train.scheduler=cosine",
-        "train.optimizer=sgd",
-    ])
+    params = train_params(
+        tmp_path,
+        prepared,
+        mlflow_db,
+        [
+            "prepare.balance=weighted_sampler",
+            "train.loss=weighted_ce",
+            "train.epochs=1",
+            "train.scheduler=cosine",
+            "train.optimizer=sgd",
+        ],
+    )
     # called with its sections only (no run_config): the run logs what the function was given
     result = run_train(params.train, params.paths, params.tracking, balance=params.prepare.balance)
     assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
@@ -248,8 +280,9 @@ def test_weighted_sampler_balances_classes_and_is_seeded_by_epoch(prepared):
     data = load_prepared(prepared)
     labels = data.split("train")["label_idx"].to_numpy()
     # make the split strongly imbalanced: keep every sample of class 0, 3 of each other class
-    keep = np.concatenate([np.flatnonzero(labels == 0)]
-                          + [np.flatnonzero(labels == c)[:3] for c in range(1, labels.max() + 1)])
+    keep = np.concatenate(
+        [np.flatnonzero(labels == 0)] + [np.flatnonzero(labels == c)[:3] for c in range(1, labels.max() + 1)]
+    )
     sub = labels[keep]
     sampler = EpochRandomSampler(range(len(sub)), seed=7, weights=sample_weights(sub, labels.max() + 1))
     draws = []
@@ -275,8 +308,9 @@ def test_datamodule_batches_are_uint8_and_the_transform_is_preprocess(prepared):
     from fashionops.training.datamodule import BatchTransform, FashionDataModule, load_prepared
 
     data = load_prepared(prepared)
-    spec = ModelSpec(backbone="small_cnn", input_height=48, input_width=36, mean=[0.485, 0.456, 0.406],
-                     std=[0.229, 0.224, 0.225])
+    spec = ModelSpec(
+        backbone="small_cnn", input_height=48, input_width=36, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
+    )
     dm = FashionDataModule(data, spec, batch_size=8, augment=AugmentConfig(hflip=True))
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (8, *data.image_hw, 3)
@@ -344,10 +378,18 @@ def test_macro_f1_matches_scikit_learn():
 
 
 def test_autoencoder_trains_on_val_loss(tmp_path, prepared, mlflow_db):
-    params = train_params(tmp_path, prepared, mlflow_db, [
-        "train.task=autoencoder", "train.backbone=conv_autoencoder", "train.loss=mse", "train.epochs=1",
-        "train.scheduler=plateau",
-    ])
+    params = train_params(
+        tmp_path,
+        prepared,
+        mlflow_db,
+        [
+            "train.task=autoencoder",
+            "train.backbone=conv_autoencoder",
+            "train.loss=mse",
+            "train.epochs=1",
+            "train.scheduler=plateau",
+        ],
+    )
     result = train(params)
     assert math.isfinite(result["best_val_loss"]) and result["best_val_macro_f1"] is None
     assert (Path(params.paths.classifier_dir) / "weights.pt").is_file()
@@ -358,13 +400,20 @@ def test_gpu_profile_runs_the_train_stage_on_the_cpu(tmp_path, prepared, mlflow_
     """The `gpu` preset end to end on a few batches: 224x168 upsampling, bf16-mixed autocast,
     device-side augmentation, DataLoader workers and the offline weights. Only CUDA itself is not
     exercised here (CI has no GPU); the speed and accuracy of that profile need a GPU machine."""
-    params = params_for(tmp_path, None, [
-        "train.preset=gpu", "train.epochs=1", "train.limit_batches=2", "train.batch_size=8",
-        "prepare.min_images_per_class=10",
-        f"paths.prepared_dir={prepared}",
-        f"tracking.tracking_uri=sqlite:///{mlflow_db / 'mlflow.db'}",
-        f"tracking.artifact_location={mlflow_db / 'artifacts'}",
-    ])
+    params = params_for(
+        tmp_path,
+        None,
+        [
+            "train.preset=gpu",
+            "train.epochs=1",
+            "train.limit_batches=2",
+            "train.batch_size=8",
+            "prepare.min_images_per_class=10",
+            f"paths.prepared_dir={prepared}",
+            f"tracking.tracking_uri=sqlite:///{mlflow_db / 'mlflow.db'}",
+            f"tracking.artifact_location={mlflow_db / 'artifacts'}",
+        ],
+    )
     assert (params.train.precision, params.train.input_height, params.train.freeze_groups) == ("bf16-mixed", 224, 0)
     result = train(params)
     assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
@@ -384,8 +433,31 @@ def test_ema_average_is_the_saved_model(tmp_path, prepared, mlflow_db):
     # the callback stores the average as the checkpoint's state_dict, the live weights beside it
     assert "current_model_state" in ckpt
     saved = torch.load(out / "weights.pt", map_location="cpu", weights_only=True)
-    average = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    live = {k[len("model."):]: v for k, v in ckpt["current_model_state"].items() if k.startswith("model.")}
+    average = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    live = {k[len("model.") :]: v for k, v in ckpt["current_model_state"].items() if k.startswith("model.")}
     head = next(k for k in saved if k.startswith("head") and k.endswith("weight"))
     torch.testing.assert_close(saved[head], average[head])
     assert not torch.allclose(saved[head], live[head])  # the average, not the last step's weights
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_rate(tmp_path, prepared, mlflow_db):
+    from fashionops.config import TrainConfig
+    from fashionops.models.factory import build_model, model_spec
+    from fashionops.training.lit_module import FashionLitModule
+
+    cfg = TrainConfig(backbone="small_cnn", pretrained="none", lr=0.01, backbone_lr_scale=0.1, freeze_groups=0)
+    spec = model_spec(cfg, ["a", "b", "c"], "articleType", (48, 36))
+    lit = FashionLitModule(build_model(spec), spec, cfg)
+    groups = lit._param_groups()
+    in_backbone = {id(p) for p in lit.model.backbone.parameters()}
+    rates = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert rates and all(rates[i] == pytest.approx(0.001) for i in in_backbone)
+    assert all(lr == pytest.approx(0.01) for i, lr in rates.items() if i not in in_backbone)
+    assert groups[0]["lr"] == pytest.approx(0.01)  # the logged rate is train.lr
+    assert len(rates) == sum(p.requires_grad for p in lit.model.parameters())  # every parameter, once
+
+    # the stage trains with the groups (one-cycle peaks per group)
+    params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=1", "train.backbone_lr_scale=0.1"])
+    train(params)
+    history = read_history(params.paths.reports("train") / "history.csv")
+    assert history and float(history[0]["lr"]) > 0

@@ -154,8 +154,8 @@ class Predictor:
         if not self.spec.flip_tta:
             return tuple(t.float() for t in _as_tuple(call(x)))
         m = x.shape[0]
-        both = _as_tuple(call(self._layout(torch.cat([x, torch.flip(x, dims=[3])]))))
-        return tuple((t[:m].float() + t[m:].float()) / 2 for t in both)
+        both = _as_tuple(call(self._layout(_with_mirror_images(x))))
+        return tuple(_mirror_mean(t, m) for t in both)
 
     @staticmethod
     def top_k(probs: np.ndarray, k: int) -> np.ndarray:
@@ -236,12 +236,12 @@ class Predictor:
             for x in self._batches(images, batch_size):
                 m = x.shape[0]
                 if flip_tta:
-                    x = self._layout(torch.cat([x, torch.flip(x, dims=[3])]))
+                    x = self._layout(_with_mirror_images(x))
                 feats, logits = self.module.embed_with_logits(x) if with_probs else (self.module.embed(x), None)
                 feats = F.normalize(feats.reshape(feats.shape[0], -1).float(), dim=1)
                 if flip_tta:
                     feats = F.normalize(feats[:m] + feats[m:], dim=1)
-                    logits = None if logits is None else (logits[:m].float() + logits[m:].float()) / 2
+                    logits = None if logits is None else _mirror_mean(logits, m)
                 embeddings.append(feats.cpu().numpy().astype(np.float32))
                 if logits is not None:
                     probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float32))
@@ -304,6 +304,17 @@ class Predictor:
             log.warning("TorchScript trace failed (%s); using the eager module", exc)
             return self
         return Predictor(frozen, self.spec, self.device, channels_last=channels_last)
+
+
+def _with_mirror_images(x: torch.Tensor) -> torch.Tensor:
+    """Batch ``x`` (NCHW) followed by its images mirrored left to right: one pass for both."""
+    return torch.cat([x, torch.flip(x, dims=[3])])
+
+
+def _mirror_mean(out: torch.Tensor, m: int) -> torch.Tensor:
+    """Mean of each image's and its mirror image's output (float), from a pass over
+    :func:`_with_mirror_images` of ``m`` images."""
+    return (out[:m].float() + out[m:].float()) / 2
 
 
 def _as_tuple(out: Any) -> tuple[Any, ...]:
