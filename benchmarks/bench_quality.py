@@ -140,6 +140,22 @@ def seed_run(seed: int, model_dir: str | None, overrides: list[str], work: Path,
     return score_trained(f"seed{seed}", Path(model_dir), prepared)
 
 
+def lever_run(seed: int, name: str, overrides: list[str], params_path: Path, levers_path: Path) -> dict[str, Any]:
+    """This seed's run taken from ``run NAME``'s entry in ``levers_path`` (quality_levers.json),
+    which must have been trained with the same ``overrides`` and with ``seed``."""
+    entry = json.loads(levers_path.read_text()).get(name) if levers_path.is_file() else None
+    if entry is None:
+        raise SystemExit(f"{levers_path}: no lever {name!r}")
+    trained_seed = load_params(params_path, entry.get("overrides", [])).train.seed
+    if list(entry.get("overrides", [])) != list(overrides) or trained_seed != seed:
+        raise SystemExit(
+            f"{levers_path}: {name!r} was trained with {entry.get('overrides')} and train.seed {trained_seed}, "
+            f"not {overrides} and train.seed {seed}"
+        )
+    kept = {k: v for k, v in entry.items() if k not in ("name", "machine", "measured_at")}
+    return {"name": f"seed{seed}", "from_lever": name, **kept}
+
+
 def score_trained(name: str, model_dir: Path, prepared_dir: Path) -> dict[str, Any]:
     """Scores of a model trained elsewhere, with its train stage summary (when found beside it)."""
     train = train_summary(model_dir)
@@ -168,38 +184,28 @@ COST_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def training_cost(steps: int = 12, batch_size: int = 64) -> dict[str, float]:
-    """Training images/s of each :data:`COST_VARIANTS` entry on random batches (53 classes,
-    channels_last, fused AdamW, the CPU's threads; ``steps`` batches of ``batch_size`` images, or as
-    many images in the variant's batch size), one after the other in this process."""
-    import torch
-
+def training_cost(
+    steps: int = 12, batch_size: int = 64, variants: dict[str, dict[str, Any]] | None = None
+) -> dict[str, float]:
+    """Training images/s of each of ``variants`` (default :data:`COST_VARIANTS`) on random batches
+    (53 classes, random weights), one after the other in this process: the train stage's own
+    network, LightningModule and optimiser (``bench_train``'s synthetic run, so the cost follows
+    the stage), ``steps`` timed batches of ``batch_size`` images, or as many images in the
+    variant's batch size, after 3 warm-up steps (oneDNN picks its kernels)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.bench_train import run_synthetic
     from fashionops.config import TrainConfig
-    from fashionops.models.backbones import freeze_leading_groups
-    from fashionops.models.factory import build_model, model_spec
+    from fashionops.models.factory import model_spec
+    from fashionops.training.runtime import resolve_runtime
 
     classes = [f"c{i}" for i in range(53)]
     out: dict[str, float] = {}
-    for name, overrides in COST_VARIANTS.items():
+    for name, overrides in (COST_VARIANTS if variants is None else variants).items():
         cfg = TrainConfig(**{"pretrained": "none", "freeze_groups": 3, "batch_size": batch_size, **overrides})
         spec = model_spec(cfg, classes, "articleType", (80, 60))
-        model = build_model(spec, pretrained="none")
-        freeze_leading_groups(model, cfg.freeze_groups)
-        model = model.to(memory_format=torch.channels_last).train()
-        # fused, as the train stage's optimiser
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
-        x = torch.randn(cfg.batch_size, 3, *spec.input_size).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, len(classes), (cfg.batch_size,))
-        # the same number of images for every batch size
-        batches = steps * batch_size // cfg.batch_size
-        for i in range(3 + batches):  # 3 warm-up steps: oneDNN picks its kernels
-            if i == 3:
-                t0 = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        out[name] = round(batches * cfg.batch_size / (time.perf_counter() - t0), 1)
+        batches = steps * batch_size // cfg.batch_size  # the same number of images for every batch size
+        speed = run_synthetic(cfg, spec, resolve_runtime(cfg), steps=3 + batches, warmup=3)["images_per_s"]
+        out[name] = round(speed, 1)
         log.info("%s: %.1f images/s", name, out[name])
     return out
 
@@ -252,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         help="score this already trained model for SEED instead of training it (e.g. 42=models/classifier "
         "after `make run` with train.seed 42)",
     )
+    seeds.add_argument(
+        "--lever",
+        action="append",
+        default=[],
+        metavar="SEED=NAME",
+        help="take SEED's run from quality_levers.json's NAME (a `run` with the same overrides and that seed)",
+    )
     seeds.add_argument("overrides", nargs="*")
     cost = sub.add_parser("cost", help="training images/s of each lever's model, side by side")
     cost.add_argument("--steps", type=int, default=12)
@@ -282,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             record(RESULTS / "quality_levers.json", args.name, entry)
         else:
             trained = dict(item.split("=", 1) for item in args.trained)
-            runs = [seed_run(s, trained.get(str(s)), args.overrides, work, args.params) for s in args.seeds]
+            levers = dict(item.split("=", 1) for item in args.lever)
+            runs = [
+                lever_run(s, levers[str(s)], args.overrides, args.params, RESULTS / "quality_levers.json")
+                if str(s) in levers
+                else seed_run(s, trained.get(str(s)), args.overrides, work, args.params)
+                for s in args.seeds
+            ]
             view = "flip" if load_params(args.params, args.overrides).train.flip_tta else "plain"
             entry = {
                 "seeds": args.seeds,

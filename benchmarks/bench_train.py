@@ -51,10 +51,11 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from fashionops.config import AugmentConfig, TrainConfig  # noqa: E402
 from fashionops.training.datamodule import FashionDataModule, load_prepared  # noqa: E402
 from fashionops.training.lit_module import FashionLitModule  # noqa: E402
-from fashionops.models.factory import build_model, model_spec  # noqa: E402
+from fashionops.models.factory import model_spec  # noqa: E402
 from fashionops.inference.preprocess import preprocess_batch  # noqa: E402
 from fashionops.training.callbacks import EpochSeed  # noqa: E402
 from fashionops.training.runtime import resolve_runtime, set_cpu_threads  # noqa: E402
+from fashionops.training.stage import build_network  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r".*(validation_step|does not have many workers|litlogger).*")
 DEFAULT_CATALOGUE = REPO.parent / "shared" / "data" / "fashion-product-images-small"
@@ -179,11 +180,9 @@ class GpuUtil:
 
 
 def make_module(cfg: TrainConfig, spec: dict, runtime: dict) -> FashionLitModule:
+    """The stage's LightningModule over the stage's network (frozen groups, memory format), random weights."""
     torch.manual_seed(cfg.seed)
-    model = build_model(spec, pretrained="none")
-    if runtime["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    return FashionLitModule(model, spec, cfg)
+    return FashionLitModule(build_network(cfg, spec, runtime["channels_last"], pretrained="none"), spec, cfg)
 
 
 def trainer_for(runtime: dict, steps: int, timer: StepTimer, cfg: TrainConfig) -> L.Trainer:

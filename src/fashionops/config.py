@@ -17,10 +17,10 @@ import copy
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fashionops.config_base import Section as Section  # every section's base (forbids unknown keys)
 from fashionops.config_operations import MonitorConfig, ScoreConfig, SweepConfig
@@ -148,6 +148,9 @@ class TrainConfig(Section):
     latent_dim: int = Field(default=16, ge=1)  # autoencoder bottleneck
     input_height: int | None = None  # None: the cache's size
     input_width: int | None = None
+    # progressive resizing: [height, width] of the training images in each of the first epochs (one
+    # entry per epoch); the later epochs, validation and the saved model use input_height x input_width
+    early_epoch_sizes: list[tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]]] = []
     normalization: Literal["imagenet", "backbone", "none"] = "imagenet"
     # Freeze the first N parameter groups of a timm backbone (stem, then stages): their ImageNet
     # filters are generic, and skipping their gradients makes CPU training ~1.3x faster.
@@ -183,6 +186,17 @@ class TrainConfig(Section):
     cpu_threads: int | None = Field(default=None, ge=1)  # torch threads on CPU; None: every core allowed
     seed: int = 42
     limit_batches: float | int | None = None  # for smoke runs: limit train/val/test batches
+
+    @model_validator(mode="after")
+    def _early_sizes_leave_the_last_epoch(self) -> TrainConfig:
+        if self.early_epoch_sizes and self.task != "classifier":
+            raise ValueError("train.early_epoch_sizes: progressive resizing is for classifiers (train.task)")
+        if len(self.early_epoch_sizes) >= self.epochs:
+            raise ValueError(
+                f"train.early_epoch_sizes names {len(self.early_epoch_sizes)} epochs of train.epochs={self.epochs}: "
+                "at least the last epoch must train at train.input_height x input_width"
+            )
+        return self
 
 
 class EvaluateConfig(Section):

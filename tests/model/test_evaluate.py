@@ -175,3 +175,25 @@ def test_evaluate_a_pyfunc_model_uri_matches_the_local_model(tiny_pipeline, tmp_
     for key in ("test/accuracy", "test/macro_f1", "test/n_samples"):
         assert result["metrics"][key] == pytest.approx(local[key]), key
     assert result["metrics"]["test/log_loss"] == pytest.approx(local["test/log_loss"], rel=1e-4)
+
+
+def test_evaluate_scores_through_the_traced_model_the_eager_one_agrees(tiny_pipeline, monkeypatch):
+    """The local model is scored by the frozen NHWC trace (the index's fast path), not the eager
+    module, and the trace's probabilities are the eager module's."""
+    from fashionops.evaluation.scoring import local_model
+    from fashionops.inference.predictor import Predictor
+
+    made: list[Predictor] = []
+    real_compiled = Predictor.compiled
+
+    def recording_compiled(self, methods, **kwargs):
+        made.append(real_compiled(self, methods, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(Predictor, "compiled", recording_compiled)
+    model_dir = tiny_pipeline.paths.classifier_dir
+    scoring = local_model(model_dir, batch_size=4)
+    assert len(made) == 1 and made[0].is_scripted and made[0].channels_last
+    images = np.load(Path(tiny_pipeline.paths.prepared_dir) / "images.npy", mmap_mode="r")[:10]
+    eager = Predictor.from_dir(model_dir).predict_proba(np.ascontiguousarray(images), batch_size=4)
+    np.testing.assert_allclose(scoring.predict_proba(np.ascontiguousarray(images)), eager, atol=1e-4)

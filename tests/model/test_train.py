@@ -461,3 +461,36 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_rate(tmp_path, prepared, m
     train(params)
     history = read_history(params.paths.reports("train") / "history.csv")
     assert history and float(history[0]["lr"]) > 0
+
+
+def test_early_epoch_sizes_train_the_first_epochs_small_and_the_rest_at_the_input_size(tmp_path, prepared, mlflow_db):
+    """Progressive resizing: epoch 1 trains on the early size; epoch 2, every validation batch and
+    the saved model are at the input size."""
+    from lightning.pytorch.callbacks import Callback
+
+    from fashionops.errors import FashionOpsError
+    from fashionops.training.stage import run_train
+
+    seen: list[tuple[str, int, tuple[int, int]]] = []
+
+    class BatchSizes(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(("train", trainer.current_epoch, tuple(batch[0].shape[-2:])))
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen.append(("val", trainer.current_epoch, tuple(batch[0].shape[-2:])))
+
+    early = "train.early_epoch_sizes=[[24,16]]"
+    small_cnn = train_params(tmp_path / "small_cnn", prepared, mlflow_db, ["train.epochs=2", early])
+    with pytest.raises(FashionOpsError, match=r"train.early_epoch_sizes: the model cannot take 24x16 images"):
+        train(small_cnn)  # a fixed-size flatten: a clear error before training
+    # a timm backbone (global pooling) at a reduced size, random weights
+    lite0 = ["train.backbone=tf_efficientnet_lite0", "train.input_height=48", "train.input_width=36", "train.epochs=2"]
+    p = train_params(tmp_path, prepared, mlflow_db, [*lite0, early])
+    run_train(p.train, p.paths, p.tracking, balance=p.prepare.balance, run_config=p.flat(), callbacks=[BatchSizes()])
+    spec = json.loads((Path(p.paths.classifier_dir) / "model_spec.json").read_text())
+    final = (spec["input_height"], spec["input_width"])
+    assert final == (48, 36)
+    assert {s for kind, epoch, s in seen if kind == "train" and epoch == 0} == {(24, 16)}
+    assert {s for kind, epoch, s in seen if kind == "train" and epoch == 1} == {final}
+    assert {s for kind, _, s in seen if kind == "val"} == {final}

@@ -85,7 +85,10 @@ class ScoringModel:
 def local_model(model_dir: str | Path, batch_size: int) -> ScoringModel:
     from fashionops.inference.predictor import Predictor
 
-    predictor = Predictor.from_dir(model_dir).require_classifier(str(model_dir))
+    eager = Predictor.from_dir(model_dir).require_classifier(str(model_dir))
+    # the frozen NHWC trace the index encodes with (checked against the eager module; the eager
+    # module on any doubt): measured 2.3x the eager images/s scoring the val split on the 2-core machine
+    predictor = eager.compiled(["forward"], channels_last=True)
 
     def predict_heads(images: Any) -> dict[str, np.ndarray]:
         # ~10 slices of whole batches (the same batches as one call): a progress line each

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 from fashionops.atomic import write_json
+from fashionops.errors import FashionOpsError
 from fashionops.logs import adopt_library_handlers
 from fashionops.progress import live
 from fashionops.training.runtime import seed_epoch
@@ -39,6 +40,39 @@ class EpochSeed(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seed_epoch(self.seed, trainer.current_epoch, trainer.global_rank)
+
+
+class ProgressiveResize(Callback):
+    """Train epoch ``e`` on images of ``sizes[e]`` (height, width) while ``e < len(sizes)``, then at
+    the model's own input size (``train.early_epoch_sizes``). Small early epochs are cheap; the last
+    ones adapt the weights and the batch-norm statistics to the size the model is used at."""
+
+    def __init__(self, sizes: list[tuple[int, int]]) -> None:
+        self.sizes = [(int(h), int(w)) for h, w in sizes]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a model with a fixed-size flatten (no global pooling) fails at another size: say so
+        # before training rather than with a shape error in the middle of epoch 1
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            for h, w in sorted(set(self.sizes)):
+                probe = torch.zeros(1, 3, h, w, device=pl_module.device)
+                with torch.no_grad():
+                    pl_module(probe)
+        except RuntimeError as exc:
+            raise FashionOpsError(
+                f"train.early_epoch_sizes: the model cannot take {h}x{w} images ({str(exc)[:120]}); "
+                "progressive resizing needs a backbone with global pooling (timm models)"
+            ) from exc
+        finally:
+            pl_module.train(was_training)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        transform = trainer.datamodule.transform  # type: ignore[attr-defined]  # set by fit(datamodule=...)
+        epoch = trainer.current_epoch
+        transform.set_train_size(self.sizes[epoch] if epoch < len(self.sizes) else None)
+        log.info("epoch %d: training on %dx%d images", epoch + 1, *transform.out_hw)
 
 
 class Throughput(Callback):

@@ -220,7 +220,22 @@ class BatchTransform:
         self.spec = spec
         self.augment = augment or AugmentConfig(hflip=False)
         self.channels_last = channels_last
-        self.out_hw = spec.input_size
+        self.train_spec = spec  # what training batches are made for (``set_train_size``)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        """(height, width) of the training batches."""
+        return self.train_spec.input_size
+
+    def set_train_size(self, hw: tuple[int, int] | None) -> None:
+        """Make training batches ``hw`` pixels (progressive resizing), or the spec's size (None).
+        Evaluation batches keep the spec's size."""
+        size = tuple(hw) if hw is not None else self.spec.input_size
+        self.train_spec = (
+            self.spec
+            if size == self.spec.input_size
+            else self.spec.model_copy(update={"input_height": int(size[0]), "input_width": int(size[1])})
+        )
 
     @property
     def geometric(self) -> bool:
@@ -233,7 +248,7 @@ class BatchTransform:
             raise DataError(f"expected a uint8 (B, H, W, 3) batch, got {images.dtype} {tuple(images.shape)}")
         if train:
             images = self.augment_batch(images)
-        x = preprocess_batch(images, self.spec, images.device)
+        x = preprocess_batch(images, self.train_spec if train else self.spec, images.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

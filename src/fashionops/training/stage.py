@@ -43,9 +43,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAverag
 
 from fashionops.config import PathsConfig, TrackingConfig, TrainConfig, flatten
 from fashionops.errors import FashionOpsError
+from fashionops.models.spec import ModelSpec
 from fashionops.models.torch_files import load_weights_only
 from fashionops.tracking import mark_abandoned_runs, write_run_file
-from fashionops.training.callbacks import EpochSeed, RunCheckpoint, Throughput, ThroughputBar
+from fashionops.training.callbacks import EpochSeed, ProgressiveResize, RunCheckpoint, Throughput, ThroughputBar
 from fashionops.training.datamodule import FashionDataModule, PreparedData, load_prepared
 from fashionops.training.distributed import StageLauncher, join_as_started_rank, resolve_strategy
 from fashionops.training.lit_module import FashionLitModule
@@ -177,6 +178,8 @@ def build_trainer(
     if cfg.ema_decay > 0:
         # swaps the average in for validation and checkpoints (so best.ckpt holds the average)
         callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
+    if cfg.early_epoch_sizes:
+        callbacks.append(ProgressiveResize(cfg.early_epoch_sizes))
     limit = cfg.limit_batches
     trainer = L.Trainer(
         accelerator=runtime["accelerator"],
@@ -267,6 +270,27 @@ def fit(trainer: L.Trainer, lit: FashionLitModule, dm: FashionDataModule, ckpt_p
         launcher.finished()
 
 
+def build_network(
+    cfg: TrainConfig, spec: ModelSpec, channels_last: bool, pretrained: str | None = None
+) -> torch.nn.Module:
+    """The network ``train`` fits: built from ``spec`` (``pretrained``: the weights to start from,
+    None = ``train.pretrained``), its leading groups frozen (``train.freeze_groups``), in
+    channels_last memory format when the runtime uses it. The benchmarks time this same network."""
+    from fashionops.models.backbones import freeze_leading_groups
+    from fashionops.models.factory import build_model
+
+    model = build_model(spec, pretrained=pretrained)
+    if cfg.freeze_groups:
+        frozen = freeze_leading_groups(model, cfg.freeze_groups)
+        log.info(
+            "train.freeze_groups=%d: %d backbone tensors frozen%s",
+            cfg.freeze_groups,
+            frozen,
+            "" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)",
+        )
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def run_train(
     cfg: TrainConfig,
     paths: PathsConfig,
@@ -286,8 +310,7 @@ def run_train(
     Returns the ``summary.json`` content (plus fit/total seconds). ``resume=True`` continues from
     ``<paths.classifier_dir>/checkpoints/last.ckpt``.
     """
-    from fashionops.models.backbones import freeze_leading_groups
-    from fashionops.models.factory import build_model, model_spec, save_model
+    from fashionops.models.factory import model_spec, save_model
 
     if run_config is None:
         run_config = flatten(
@@ -313,17 +336,7 @@ def run_train(
     data: PreparedData = load_prepared(paths.prepared_dir)
     spec = model_spec(cfg, data.classes, data.label_column, data.image_hw, data.attributes)
     # the weights come from the checkpoint on resume: skip loading pretrained ones
-    model = build_model(spec, pretrained="none" if resume else None)
-    if cfg.freeze_groups:
-        frozen = freeze_leading_groups(model, cfg.freeze_groups)
-        log.info(
-            "train.freeze_groups=%d: %d backbone tensors frozen%s",
-            cfg.freeze_groups,
-            frozen,
-            "" if frozen else f" ({cfg.backbone} is not a pretrained timm backbone: nothing to freeze)",
-        )
-    if runtime["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_network(cfg, spec, runtime["channels_last"], pretrained="none" if resume else None)
     weighted = cfg.loss == "weighted_ce" or balance == "class_weights"
     if cfg.loss == "mse" and cfg.task != "autoencoder":
         raise FashionOpsError("train.loss=mse is the autoencoder loss; set train.task=autoencoder")
