@@ -13,9 +13,13 @@ model, each image alone (``plain``) and averaged with its mirror image (``flip``
     # the chosen default over several seeds (mean and spread); a candidate under its own name
     .venv/bin/python benchmarks/bench_quality.py seeds --seeds 42 1 2
     .venv/bin/python benchmarks/bench_quality.py seeds train.batch_size=32 --name bs32 --seeds 1 2
+    # (overrides before --seeds: that option takes every number after it)
+    # seed 42 from an earlier `run epochs4 train.epochs=4` instead of training it again
+    .venv/bin/python benchmarks/bench_quality.py seeds train.epochs=4 --name epochs4 --lever 42=epochs4
     # score an already trained model directory without training (e.g. models/classifier)
     .venv/bin/python benchmarks/bench_quality.py score main --model-dir models/classifier
     # what each lever costs: training images/s of every variant, side by side in one process
+    # (the train stage's own LightningModule on random batches: bench_train.py's synthetic run)
     .venv/bin/python benchmarks/bench_quality.py cost
 
 Results: ``benchmarks/results/quality_levers.json``, ``quality_cost.json`` (one entry per run name, replaced when run
