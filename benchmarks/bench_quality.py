@@ -45,6 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # benchmarks.bench_train (training_cost)
 
 from fashionops.atomic import write_text  # noqa: E402
 from fashionops.config import Params, load_params  # noqa: E402
@@ -196,7 +197,6 @@ def training_cost(
     network, LightningModule and optimiser (``bench_train``'s synthetic run, so the cost follows
     the stage), ``steps`` timed batches of ``batch_size`` images, or as many images in the
     variant's batch size, after 3 warm-up steps (oneDNN picks its kernels)."""
-    sys.path.insert(0, str(REPO))
     from benchmarks.bench_train import run_synthetic
     from fashionops.config import TrainConfig
     from fashionops.models.factory import model_spec

@@ -232,7 +232,7 @@ def run_plain(cfg: TrainConfig, spec: dict, runtime: dict, data, steps: int, war
     train = data.split("train")
     rows = torch.from_numpy(train["row"].to_numpy())
     labels = torch.from_numpy(train["label_idx"].to_numpy())
-    opt = torch.optim.AdamW(lit._param_groups(), lr=cfg.lr)
+    opt = torch.optim.AdamW(lit._param_groups(), lr=cfg.lr, fused=True)  # as the stage's optimiser
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
     bf16 = runtime["precision"].startswith("bf16")

@@ -249,6 +249,25 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, prepared, mlflow
         train(train_params(tmp_path, prepared, mlflow_db), resume=True)
 
 
+def test_resume_accepts_a_checkpoint_older_than_a_train_key_at_its_default(tmp_path):
+    """A checkpoint written before a train key existed ran with that key's default behaviour:
+    resuming with the default is allowed, with another value it is refused, naming the key."""
+    from fashionops.config import TrainConfig
+    from fashionops.errors import FashionOpsError
+    from fashionops.training.stage import check_resumable
+
+    saved = TrainConfig(epochs=2).model_dump()
+    del saved["early_epoch_sizes"], saved["backbone_lr_scale"]  # keys added after that run
+    last = tmp_path / "last.ckpt"
+    torch.save({"fashionops": {"train": saved}}, last)
+
+    check_resumable(last, TrainConfig(epochs=2))  # the defaults: the same run
+    with pytest.raises(FashionOpsError, match=r"train\.backbone_lr_scale: 1\.0 -> 0\.5\)"):
+        check_resumable(last, TrainConfig(epochs=2, backbone_lr_scale=0.5))
+    with pytest.raises(FashionOpsError, match=r"\(train\.epochs: 2 -> 3\)"):
+        check_resumable(last, TrainConfig(epochs=3))
+
+
 def test_weighted_sampler_and_weighted_ce_train(tmp_path, prepared, mlflow_db):
     from mlflow.tracking import MlflowClient
 
@@ -494,3 +513,21 @@ def test_early_epoch_sizes_train_the_first_epochs_small_and_the_rest_at_the_inpu
     assert {s for kind, epoch, s in seen if kind == "train" and epoch == 0} == {(24, 16)}
     assert {s for kind, epoch, s in seen if kind == "train" and epoch == 1} == {final}
     assert {s for kind, _, s in seen if kind == "val"} == {final}
+
+
+def test_compile_trains_through_the_compiled_module_and_saves_its_plain_weights(tmp_path, prepared, mlflow_db):
+    """``train.compile``: the steps run through ``torch.compile`` (TorchDynamo captured graphs) and
+    the saved weights keep the plain model's keys (no ``_orig_mod.`` prefix), so inference loads them."""
+    from torch._dynamo.utils import counters
+
+    from fashionops.models.torch_files import load_weights_only
+
+    counters.clear()
+    params = train_params(tmp_path, prepared, mlflow_db, ["train.epochs=1", "train.compile=true"])
+    result = train(params)
+    assert result["epochs_run"] == 1 and math.isfinite(result["best_val_loss"])
+    assert counters["stats"]["unique_graphs"] > 0  # Dynamo compiled the model's forward
+    saved = torch.load(Path(params.paths.classifier_dir) / "weights.pt", map_location="cpu", weights_only=True)
+    assert saved and not any("_orig_mod" in key for key in saved)
+    ckpt = load_weights_only(Path(params.paths.classifier_dir) / "checkpoints" / "best.ckpt", "test")
+    assert not any("_orig_mod" in key for key in ckpt["state_dict"])

@@ -156,7 +156,8 @@ class FashionLitModule(L.LightningModule):
         if self.cfg.compile and self._compiled is None:
             # kept out of the module tree so state_dict keys stay those of self.model
             object.__setattr__(self, "_compiled", torch.compile(self.model))
-        return (self._compiled or self.model)(x)
+        # `is None`, not `or`: a compiled module refuses bool() (it has no len())
+        return (self.model if self._compiled is None else self._compiled)(x)
 
     def compute_loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of ``model.loss_kind`` for one batch (outputs in float32)."""

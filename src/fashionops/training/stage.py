@@ -237,9 +237,11 @@ def check_resumable(last: Path, cfg: TrainConfig) -> None:
     if saved is None:
         raise FashionOpsError(f"--resume: {last} was not written by `fashionops train`")
     now = cfg.model_dump()
-    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
+    # a key the checkpoint lacks came after it: that run had the key's default behaviour
+    before = {**TrainConfig().model_dump(), **saved}
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and before.get(k) != now[k])
     if changed:
-        detail = ", ".join(f"train.{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        detail = ", ".join(f"train.{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
         raise FashionOpsError(
             f"--resume: the checkpoint was trained with other params ({detail}); "
             "resume with the same params or train again without --resume"
