@@ -101,32 +101,3 @@ def test_registered_models_load_without_unpickling_and_predict(registered, monke
     assert all(len(ids) == 3 for ids in hits["ids"])
     for f, ids in zip(files, hits["ids"]):
         assert int(f.stem) in ids
-
-
-@pytest.mark.parametrize("which, column", [("classifier", "label"), ("search", "ids")])
-def test_registered_model_carries_a_serving_example_it_answers(registered, which, column, tmp_path):
-    """Each model is logged with its request example (one encoded JPEG in the ``image`` column):
-    MLflow keeps the serving payload beside the model, and that payload, sent to the registered
-    model as a deploy job would send it, is answered with one row."""
-    import base64
-    import io
-    import json
-
-    import mlflow
-    from PIL import Image
-
-    uris, _ = registered
-    local = Path(mlflow.artifacts.download_artifacts(uris[which]))
-    payload = json.loads((local / "serving_input_example.json").read_text())
-    split = payload["dataframe_split"]
-    assert split["columns"] == ["image"] and len(split["data"]) == 1
-    image = Image.open(io.BytesIO(base64.b64decode(split["data"][0][0])))
-    assert (image.format, image.size) == ("JPEG", (60, 80))
-    # the scoring server's own parsing of the payload, in this environment
-    out = tmp_path / "answer.json"
-    mlflow.models.predict(
-        uris[which], input_path=local / "serving_input_example.json", content_type="json", output_path=out,
-        env_manager="local",
-    )
-    answer = json.loads(out.read_text())["predictions"]
-    assert len(answer) == 1 and len(answer[0][column]) > 0

@@ -107,20 +107,6 @@ def images_frame(images: Any) -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: pd.Series(cells, dtype=object)})
 
 
-def input_example() -> pd.DataFrame:
-    """The request a deploy job sends, logged with each model: one encoded JPEG (a plain 60x80
-    catalogue-sized image). MLflow stores it beside the model (the UI's example and
-    ``serving_input_example.json``) and, while logging, loads the logged model and scores it once
-    (it warns if that fails); without one MLflow warns that no example was given."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    buf = BytesIO()
-    Image.new("RGB", (60, 80), (236, 236, 236)).save(buf, format="JPEG")
-    return images_frame([buf.getvalue()])
-
-
 def _cells(model_input: Any) -> list[Any]:
     """The image cells of any accepted input form, in order."""
     if isinstance(model_input, pd.DataFrame):
@@ -383,7 +369,6 @@ def log_classifier(model_dir: str | Path, name: str = "classifier", tags: dict[s
             artifacts={CLASSIFIER_ARTIFACT: _model_copy(model_dir, Path(tmp), CLASSIFIER_ARTIFACT)},
             code_paths=[_package_copy(Path(tmp))],
             signature=classifier_signature(),
-            input_example=input_example(),
             pip_requirements=pip_requirements(),
             metadata=meta,
             tags=tags,
@@ -420,7 +405,6 @@ def log_visual_search(
             },
             code_paths=[_package_copy(Path(tmp))],
             signature=visual_search_signature(),
-            input_example=input_example(),
             pip_requirements=pip_requirements(),
             metadata=meta,
             tags=tags,
