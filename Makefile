@@ -37,14 +37,14 @@ test: setup ## run the test suite (CPU; real data from ../shared; installs Debia
 	bash scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
-lint: setup ## ruff (lint + format check) and mypy over src/ and flows/
-	$(BIN)/ruff check src flows
-	$(BIN)/ruff format --check src flows
+lint: setup ## ruff (lint + format check) over all the code, mypy over src/ and flows/
+	$(BIN)/ruff check src flows tests benchmarks scripts
+	$(BIN)/ruff format --check src flows tests benchmarks scripts
 	$(BIN)/mypy
 
 format: setup ## apply ruff's formatter and safe fixes
-	$(BIN)/ruff check --fix src flows
-	$(BIN)/ruff format src flows
+	$(BIN)/ruff check --fix src flows tests benchmarks scripts
+	$(BIN)/ruff format src flows tests benchmarks scripts
 
 test-fast: setup ## tests without the slow ones
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -38,8 +38,10 @@ from fashionops.search.vectors import l2_normalise
 
 REPO = Path(__file__).resolve().parents[1]
 K = 10  # recall@10 and the k of every timed query
-RESCORE_SEARCH_K_RULE = ("the tuned search knob, at least C (so that C candidates come back): HNSW ef = max(ef, C); "
-                         "Annoy inspects the tuned search_k nodes for its C candidates")
+RESCORE_SEARCH_K_RULE = (
+    "the tuned search knob, at least C (so that C candidates come back): HNSW ef = max(ef, C); "
+    "Annoy inspects the tuned search_k nodes for its C candidates"
+)
 
 MEMORY_NOTES = {
     "peak_rss_delta_mb": "peak RSS of the benchmark process during build + tuning, minus its RSS before; it "
@@ -96,11 +98,16 @@ def machine() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    return {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-            "load_avg_1m_at_start": os.getloadavg()[0], "python": platform.python_version(),
-            "ann_libraries": versions,
-            "note": "shared machine: other jobs ran concurrently; load average recorded per run"}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "load_avg_1m_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "ann_libraries": versions,
+        "note": "shared machine: other jobs ran concurrently; load average recorded per run",
+    }
 
 
 @contextmanager
@@ -118,9 +125,11 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-QUERY_THREADS_NOTE = ("queries one at a time from one thread; BLAS, OpenMP (FAISS's pool included) and torch limited "
-                      "to 1 thread around the timed loops (threadpoolctl; each backend's query_thread_pools lists "
-                      "them); Annoy answers in the calling thread")
+QUERY_THREADS_NOTE = (
+    "queries one at a time from one thread; BLAS, OpenMP (FAISS's pool included) and torch limited "
+    "to 1 thread around the timed loops (threadpoolctl; each backend's query_thread_pools lists "
+    "them); Annoy answers in the calling thread"
+)
 
 
 def limited_pools() -> list[str]:
@@ -128,8 +137,9 @@ def limited_pools() -> list[str]:
     from threadpoolctl import threadpool_info
 
     with single_thread():
-        return sorted({f"{p['internal_api']} {Path(p['filepath']).name}: {p['num_threads']} thread(s)"
-                       for p in threadpool_info()})
+        return sorted(
+            {f"{p['internal_api']} {Path(p['filepath']).name}: {p['num_threads']} thread(s)" for p in threadpool_info()}
+        )
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -137,8 +147,9 @@ def percentiles(times_ms: list[float]) -> dict[str, float]:
     return {"query_p50_ms": float(np.percentile(times_ms, 50)), "query_p99_ms": float(np.percentile(times_ms, 99))}
 
 
-def exact_latency(vectors: np.ndarray, queries: np.ndarray, max_queries: int = 200,
-                  budget_s: float = 30.0) -> dict[str, float]:
+def exact_latency(
+    vectors: np.ndarray, queries: np.ndarray, max_queries: int = 200, budget_s: float = 30.0
+) -> dict[str, float]:
     """Single-thread brute force (torch float32 mat-vec + topk) p50/p99 in ms, over the raw vectors.
 
     Timing only, so the vectors are not re-normalised (a 5 GB copy at 1M x 1280); stops after
@@ -156,8 +167,12 @@ def exact_latency(vectors: np.ndarray, queries: np.ndarray, max_queries: int = 2
             times.append((time.perf_counter() - t0) * 1000)
             if time.perf_counter() - started > budget_s:
                 break
-    return {"exact_p50_ms": float(np.percentile(times, 50)), "exact_p99_ms": float(np.percentile(times, 99)),
-            "exact_queries_timed": len(times), "exact_threads": 1}
+    return {
+        "exact_p50_ms": float(np.percentile(times, 50)),
+        "exact_p99_ms": float(np.percentile(times, 99)),
+        "exact_queries_timed": len(times),
+        "exact_threads": 1,
+    }
 
 
 def make_backend(name: str, options: dict[str, Any]) -> AnnBackend:
@@ -186,8 +201,9 @@ class DataSet:
         return self.raw_norms
 
 
-def recall_on_rows(vectors: np.ndarray, queries: np.ndarray, approx: np.ndarray, exact_dist: np.ndarray,
-                   metric: str) -> float:
+def recall_on_rows(
+    vectors: np.ndarray, queries: np.ndarray, approx: np.ndarray, exact_dist: np.ndarray, metric: str
+) -> float:
     """``recall_at_k`` over only the rows the answers name: the same number without its copies of all the
     vectors (two of 5 GB each at 1M x 1280)."""
     rows, positions = np.unique(approx[approx >= 0], return_inverse=True)
@@ -224,14 +240,21 @@ def rescored(index: AnnIndex, data: DataSet, candidates: int, search_k: int) -> 
     return out, times
 
 
-def load_footprint(name: str, options: dict[str, Any], path: str, dim: int, metric: str, structure: int,
-                   queries: np.ndarray, search_k: int) -> dict[str, float]:
+def load_footprint(
+    name: str,
+    options: dict[str, Any],
+    path: str,
+    dim: int,
+    metric: str,
+    structure: int,
+    queries: np.ndarray,
+    search_k: int,
+) -> dict[str, float]:
     """RSS increase from loading the saved index, then after querying it (run in a fresh process)."""
     ann = make_backend(name, options)
     # warm-up on a throwaway index, so the baseline already holds the backend's library
     with tempfile.TemporaryDirectory() as tmp:
-        tiny = ann.build(np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32), metric,
-                         structure, 0)
+        tiny = ann.build(np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32), metric, structure, 0)
         saved = tiny.save(Path(tmp) / ann.index_file)
         tiny.unload()
         ann.load(saved, dim, metric).query(queries[0], K, search_k)
@@ -242,8 +265,11 @@ def load_footprint(name: str, options: dict[str, Any], path: str, dim: int, metr
     load_s = time.perf_counter() - t0
     loaded = rss_bytes()
     index.knn(queries, K, search_k)
-    return {"loaded_rss_delta_mb": (loaded - base) / 1e6,
-            "loaded_rss_delta_after_queries_mb": (rss_bytes() - base) / 1e6, "load_s": load_s}
+    return {
+        "loaded_rss_delta_mb": (loaded - base) / 1e6,
+        "loaded_rss_delta_after_queries_mb": (rss_bytes() - base) / 1e6,
+        "load_s": load_s,
+    }
 
 
 def _load_footprint_main() -> None:
@@ -253,24 +279,45 @@ def _load_footprint_main() -> None:
     print(json.dumps(load_footprint(**spec)))
 
 
-def load_footprint_fresh(name: str, options: dict[str, Any], path: str, dim: int, metric: str, structure: int,
-                         queries: np.ndarray, search_k: int) -> dict[str, float]:
+def load_footprint_fresh(
+    name: str,
+    options: dict[str, Any],
+    path: str,
+    dim: int,
+    metric: str,
+    structure: int,
+    queries: np.ndarray,
+    search_k: int,
+) -> dict[str, float]:
     """:func:`load_footprint` in a new interpreter: nothing inherited from this process's heap."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "queries.npy", queries)
-        spec = {"name": name, "options": options, "path": path, "dim": dim, "metric": metric,
-                "structure": structure, "queries": str(Path(tmp) / "queries.npy"), "search_k": search_k}
+        spec = {
+            "name": name,
+            "options": options,
+            "path": path,
+            "dim": dim,
+            "metric": metric,
+            "structure": structure,
+            "queries": str(Path(tmp) / "queries.npy"),
+            "search_k": search_k,
+        }
         code = "from benchmarks.ann_measure import _load_footprint_main; _load_footprint_main()"
         path_env = os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": path_env})
+        done = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path_env},
+        )
     if done.returncode != 0:
         raise RuntimeError(f"measuring the loaded index failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def held_out_search_k(index: AnnIndex, ann: AnnBackend, data: DataSet, target: float, n_trees: int,
-                      metric: str) -> dict[str, Any]:
+def held_out_search_k(
+    index: AnnIndex, ann: AnnBackend, data: DataSet, target: float, n_trees: int, metric: str
+) -> dict[str, Any]:
     """The smallest search knob at which the held-out queries reach ``target`` recall@10.
 
     The tuner measures recall on indexed items (self excluded); new images can need more search,
@@ -279,16 +326,44 @@ def held_out_search_k(index: AnnIndex, ann: AnnBackend, data: DataSet, target: f
     trials: list[dict[str, Any]] = []
     cap = ann.default_max_search_k(len(data.index_vectors), K)
     nothing = np.full(len(data.index_queries), -1, dtype=np.int64)  # held-out queries: no self to exclude
-    found = search_k_for_target(index, data.index_vectors, data.index_queries, nothing, data.exact_dist, K, target,
-                                cap, metric, trials, n_trees, (ann.structure_knob, ann.search_knob))
+    found = search_k_for_target(
+        index,
+        data.index_vectors,
+        data.index_queries,
+        nothing,
+        data.exact_dist,
+        K,
+        target,
+        cap,
+        metric,
+        trials,
+        n_trees,
+        (ann.structure_knob, ann.search_knob),
+    )
     search_k, recall = found if found is not None else (cap, trials[-1]["recall"])
-    return {"target": target, "reached": found is not None, "search_k": int(search_k), "recall_at_10": recall,
-            **percentiles(time_queries(index, data, search_k)), "trials": trials}
+    return {
+        "target": target,
+        "reached": found is not None,
+        "search_k": int(search_k),
+        "recall_at_10": recall,
+        **percentiles(time_queries(index, data, search_k)),
+        "trials": trials,
+    }
 
 
-def measure_backend(name: str, options: dict[str, Any], data: DataSet, structure: tuple[int, int], target: float,
-                    held_out_target: float, n_jobs: int, rescore: int = 0, tune_queries: int = 500, seed: int = 42,
-                    metric: str = "angular") -> dict[str, Any]:
+def measure_backend(
+    name: str,
+    options: dict[str, Any],
+    data: DataSet,
+    structure: tuple[int, int],
+    target: float,
+    held_out_target: float,
+    n_jobs: int,
+    rescore: int = 0,
+    tune_queries: int = 500,
+    seed: int = 42,
+    metric: str = "angular",
+) -> dict[str, Any]:
     """Tune backend ``name`` on ``data`` to ``target`` (structure = (start, max)) and measure it (see module doc).
 
     ``held_out``: the search knob the held-out queries need for ``held_out_target`` (the data set's
@@ -296,19 +371,46 @@ def measure_backend(name: str, options: dict[str, Any], data: DataSet, structure
     """
     ann = make_backend(name, options)
     knobs = (ann.structure_knob, ann.search_knob)  # what the backend calls n_trees and search_k
-    out: dict[str, Any] = {"structure_knob": knobs[0], "search_knob": knobs[1], "settings": ann.settings(),
-                           "build_threads": n_jobs, "load_avg_1m_at_start": os.getloadavg()[0]}
+    out: dict[str, Any] = {
+        "structure_knob": knobs[0],
+        "search_knob": knobs[1],
+        "settings": ann.settings(),
+        "build_threads": n_jobs,
+        "load_avg_1m_at_start": os.getloadavg()[0],
+    }
     gc.collect()
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        index, tuned = tune_index(data.index_vectors, metric, structure[0], structure[1], K, target, tune_queries,
-                                  seed, n_jobs=n_jobs, backend=ann)
+        index, tuned = tune_index(
+            data.index_vectors,
+            metric,
+            structure[0],
+            structure[1],
+            K,
+            target,
+            tune_queries,
+            seed,
+            n_jobs=n_jobs,
+            backend=ann,
+        )
         tune_s = time.perf_counter() - t0
-    out.update({"n_trees": tuned.n_trees, "search_k": tuned.search_k, "tuned_recall_at_10": tuned.recall,
-                "target_reached": tuned.reached, "build_s": tuned.build_s, "tune_total_s": tune_s,
-                "peak_rss_delta_mb": mem.delta_mb, "index_space_vectors_mb": data.index_vectors.nbytes / 1e6})
-    print(f"  {name}: {knobs[0]}={tuned.n_trees} {knobs[1]}={tuned.search_k} tuned recall {tuned.recall:.4f}, "
-          f"build {tuned.build_s:.1f}s, tuning {tune_s:.1f}s", flush=True)
+    out.update(
+        {
+            "n_trees": tuned.n_trees,
+            "search_k": tuned.search_k,
+            "tuned_recall_at_10": tuned.recall,
+            "target_reached": tuned.reached,
+            "build_s": tuned.build_s,
+            "tune_total_s": tune_s,
+            "peak_rss_delta_mb": mem.delta_mb,
+            "index_space_vectors_mb": data.index_vectors.nbytes / 1e6,
+        }
+    )
+    print(
+        f"  {name}: {knobs[0]}={tuned.n_trees} {knobs[1]}={tuned.search_k} tuned recall {tuned.recall:.4f}, "
+        f"build {tuned.build_s:.1f}s, tuning {tune_s:.1f}s",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         saved = index.save(Path(tmp) / ann.index_file)
         out["index_size_mb"] = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 1e6
@@ -316,22 +418,38 @@ def measure_backend(name: str, options: dict[str, Any], data: DataSet, structure
         out["query_thread_pools"] = limited_pools()  # after the backend's library is loaded
         approx, _ = index.knn(data.index_queries, K, tuned.search_k)
         out["recall_at_10"] = recall_on_rows(data.index_vectors, data.index_queries, approx, data.exact_dist, metric)
-        out["recall_at_10_vs_raw_exact"] = recall_on_rows(data.raw, data.raw_queries, approx, data.exact_dist_raw,
-                                                          metric)
+        out["recall_at_10_vs_raw_exact"] = recall_on_rows(
+            data.raw, data.raw_queries, approx, data.exact_dist_raw, metric
+        )
         if rescore:
             sk = max(tuned.search_k, rescore)  # enough search to return all the candidates
             top, times = rescored(index, data, rescore, sk)
-            out["rescore"] = {"candidates": rescore, "search_k": sk, "search_k_rule": RESCORE_SEARCH_K_RULE,
-                              "raw_vectors_mb": data.raw.nbytes / 1e6,
-                              "recall_at_10_vs_raw_exact": recall_on_rows(data.raw, data.raw_queries, top,
-                                                                          data.exact_dist_raw, metric),
-                              **percentiles(times)}
+            out["rescore"] = {
+                "candidates": rescore,
+                "search_k": sk,
+                "search_k_rule": RESCORE_SEARCH_K_RULE,
+                "raw_vectors_mb": data.raw.nbytes / 1e6,
+                "recall_at_10_vs_raw_exact": recall_on_rows(
+                    data.raw, data.raw_queries, top, data.exact_dist_raw, metric
+                ),
+                **percentiles(times),
+            }
         out["held_out"] = held_out_search_k(index, ann, data, held_out_target, tuned.n_trees, metric)
         index.unload()
         del index
         gc.collect()
-        out.update(load_footprint_fresh(name, options, str(saved), data.index_vectors.shape[1], metric, tuned.n_trees,
-                                        data.index_queries, tuned.search_k))
+        out.update(
+            load_footprint_fresh(
+                name,
+                options,
+                str(saved),
+                data.index_vectors.shape[1],
+                metric,
+                tuned.n_trees,
+                data.index_queries,
+                tuned.search_k,
+            )
+        )
     out["load_avg_1m_at_end"] = os.getloadavg()[0]
     out["trials"] = tuned.trials
     return out

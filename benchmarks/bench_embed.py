@@ -69,12 +69,23 @@ def train_images_per_s(steps: int) -> dict[str, Any]:
     """The train stage's images/s on this machine now, by ``bench_train.py`` (stage variant)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "train.json"
-        cmd = [sys.executable, str(REPO / "benchmarks/bench_train.py"), "--steps", str(steps), "--repeats", "1",
-               "--out", str(out)]
+        cmd = [
+            sys.executable,
+            str(REPO / "benchmarks/bench_train.py"),
+            "--steps",
+            str(steps),
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         res = json.loads(out.read_text())
-    return {"images_per_s": float(res["images_per_s"]["stage"]), "source": "benchmarks/bench_train.py stage variant",
-            "steps": steps}
+    return {
+        "images_per_s": float(res["images_per_s"]["stage"]),
+        "source": "benchmarks/bench_train.py stage variant",
+        "steps": steps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,13 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     # single runs swing by 10-20 %, and a best-of picks whichever variant got the lucky moment
     best = {k: float(np.median(v)) for k, v in runs.items()}
     paired = [e / q for e, q in zip(runs["encoder"], runs["plain_loop"])]
-    train = ({"images_per_s": args.train_images_per_s, "source": "--train-images-per-s"}
-             if args.train_images_per_s else train_images_per_s(args.train_steps))
+    train = (
+        {"images_per_s": args.train_images_per_s, "source": "--train-images-per-s"}
+        if args.train_images_per_s
+        else train_images_per_s(args.train_steps)
+    )
     out = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "load_avg_1m_at_end": os.getloadavg()[0],
-                    "python": platform.python_version(), "torch": torch.__version__},
-        "items": n, "batch_size": bs, "flip_tta": True, "with_probs": True,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "items": n,
+        "batch_size": bs,
+        "flip_tta": True,
+        "with_probs": True,
         "cached_fraction": n_cached / n,
         "images_per_s": best,
         "forward_passes_per_s": {k: 2 * v for k, v in best.items()},

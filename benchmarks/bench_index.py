@@ -65,8 +65,10 @@ from fashionops.search.vectors import fit_projection  # noqa: E402
 
 # Per data set kind when --target / --target-p50-ms are not given: the catalogue's own targets,
 # and the 1M rows' original ones (the issue's HNSW target is 0.95 at 1 ms: pass them).
-DEFAULT_TARGETS = {"real": {"recall_at_10": 0.95, "p50_ms": 1.0},
-                   "synthetic": {"recall_at_10": 0.90, "p50_ms": 2.0, "build_s": 600}}
+DEFAULT_TARGETS = {
+    "real": {"recall_at_10": 0.95, "p50_ms": 1.0},
+    "synthetic": {"recall_at_10": 0.90, "p50_ms": 2.0, "build_s": 600},
+}
 
 
 def structure_range(backend: str, args: argparse.Namespace, real: bool) -> tuple[int, int]:
@@ -86,9 +88,18 @@ def backend_options(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"ef_construction": args.hnsw_ef_construction} if backend == "hnsw" else {}
 
 
-def bench(name: str, vectors: np.ndarray, queries: np.ndarray, args: argparse.Namespace, index_dim: int | None,
-          targets: dict[str, float], real: bool, about: dict[str, str], save: Callable[[dict[str, Any]], None],
-          seed: int = 42) -> dict[str, Any]:
+def bench(
+    name: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    args: argparse.Namespace,
+    index_dim: int | None,
+    targets: dict[str, float],
+    real: bool,
+    about: dict[str, str],
+    save: Callable[[dict[str, Any]], None],
+    seed: int = 42,
+) -> dict[str, Any]:
     """One data set through projection -> exact ground truth -> every backend (results under its name).
 
     ``about`` (where the vectors come from) goes into the result; ``save(result)`` is called after
@@ -98,13 +109,24 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, args: argparse.Na
     margin = IndexConfig().recall_margin  # tuned for target + margin, as `fashionops index` does
     n_jobs = args.build_threads if args.build_threads is not None else (1 if real else 2)
     started = time.perf_counter()
-    out: dict[str, Any] = {"name": name, "n": int(len(vectors)), "dim": int(vectors.shape[1]),
-                           "index_dim": index_dim or int(vectors.shape[1]), "recall_target": target,
-                           "tuned_for": min(1.0, target + margin), "targets": targets, "backends": args.backends,
-                           "build_threads": n_jobs, "query_threads": 1, "query_threads_note": QUERY_THREADS_NOTE,
-                           "memory_notes": MEMORY_NOTES, "n_held_out_queries": int(len(queries)),
-                           "load_avg_1m": os.getloadavg()[0],
-                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **about}
+    out: dict[str, Any] = {
+        "name": name,
+        "n": int(len(vectors)),
+        "dim": int(vectors.shape[1]),
+        "index_dim": index_dim or int(vectors.shape[1]),
+        "recall_target": target,
+        "tuned_for": min(1.0, target + margin),
+        "targets": targets,
+        "backends": args.backends,
+        "build_threads": n_jobs,
+        "query_threads": 1,
+        "query_threads_note": QUERY_THREADS_NOTE,
+        "memory_notes": MEMORY_NOTES,
+        "n_held_out_queries": int(len(queries)),
+        "load_avg_1m": os.getloadavg()[0],
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **about,
+    }
     print(f"[{name}] n={len(vectors)} dim={vectors.shape[1]} index_dim={index_dim}", flush=True)
     t0 = time.perf_counter()
     if index_dim:
@@ -112,7 +134,7 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, args: argparse.Na
         projection = fit_projection(sample, index_dim, seed)
         out["projection_fit_s"] = time.perf_counter() - t0
         out["projection_explained_variance"] = projection.explained_variance
-        iv = np.concatenate([projection.apply(vectors[i:i + 100_000]) for i in range(0, len(vectors), 100_000)])
+        iv = np.concatenate([projection.apply(vectors[i : i + 100_000]) for i in range(0, len(vectors), 100_000)])
         iq = projection.apply(queries)
         project = projection.apply
     else:
@@ -126,9 +148,18 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, args: argparse.Na
     print(f"[{name}] exact done {out['exact']}", flush=True)
     data = DataSet(vectors, queries, iv, iq, project, ex_d, ex_d_raw)
     for backend in args.backends:
-        res = measure_backend(backend, backend_options(backend, args), data, structure_range(backend, args, real),
-                              min(1.0, target + margin), target, n_jobs, args.rescore, IndexConfig().tune_queries,
-                              seed)
+        res = measure_backend(
+            backend,
+            backend_options(backend, args),
+            data,
+            structure_range(backend, args, real),
+            min(1.0, target + margin),
+            target,
+            n_jobs,
+            args.rescore,
+            IndexConfig().tune_queries,
+            seed,
+        )
         out[backend] = res
         print(f"[{name}] {backend}: {summary(res)}", flush=True)
         out["wall_s"] = time.perf_counter() - started
@@ -140,16 +171,20 @@ def bench(name: str, vectors: np.ndarray, queries: np.ndarray, args: argparse.Na
 def summary(res: dict[str, Any]) -> str:
     """One backend's main numbers on one line."""
     held = res["held_out"]
-    line = (f"{res['structure_knob']}={res['n_trees']} {res['search_knob']}={res['search_k']}: recall@10 "
-            f"{res['recall_at_10']:.4f} (raw {res['recall_at_10_vs_raw_exact']:.4f}), p50 {res['query_p50_ms']:.3f} "
-            f"p99 {res['query_p99_ms']:.3f} ms; held-out {held['target']} needs {res['search_knob']}={held['search_k']}"
-            f" ({held['recall_at_10']:.4f}, p50 {held['query_p50_ms']:.3f} ms); build {res['build_s']:.1f}s; "
-            f"peak RSS +{res['peak_rss_delta_mb']:.0f} MB, file {res['index_size_mb']:.0f} MB, "
-            f"loaded +{res['loaded_rss_delta_mb']:.0f} MB")
+    line = (
+        f"{res['structure_knob']}={res['n_trees']} {res['search_knob']}={res['search_k']}: recall@10 "
+        f"{res['recall_at_10']:.4f} (raw {res['recall_at_10_vs_raw_exact']:.4f}), p50 {res['query_p50_ms']:.3f} "
+        f"p99 {res['query_p99_ms']:.3f} ms; held-out {held['target']} needs {res['search_knob']}={held['search_k']}"
+        f" ({held['recall_at_10']:.4f}, p50 {held['query_p50_ms']:.3f} ms); build {res['build_s']:.1f}s; "
+        f"peak RSS +{res['peak_rss_delta_mb']:.0f} MB, file {res['index_size_mb']:.0f} MB, "
+        f"loaded +{res['loaded_rss_delta_mb']:.0f} MB"
+    )
     if "rescore" in res:
         rs = res["rescore"]
-        line += (f"; re-scored {rs['candidates']}: raw recall {rs['recall_at_10_vs_raw_exact']:.4f}, "
-                 f"p50 {rs['query_p50_ms']:.3f} ms")
+        line += (
+            f"; re-scored {rs['candidates']}: raw recall {rs['recall_at_10_vs_raw_exact']:.4f}, "
+            f"p50 {rs['query_p50_ms']:.3f} ms"
+        )
     return line
 
 
@@ -161,8 +196,10 @@ def catalogue_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, str] | N
         meta_file = path.with_name("index_meta.json")
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         model = meta.get("embedding_model", {}).get("backbone", "unknown model")
-        source = (f"index-stage embeddings {path} ({model}, embedder_dir {meta.get('embedder_dir')}, "
-                  f"flip_tta {meta.get('flip_tta')})")
+        source = (
+            f"index-stage embeddings {path} ({model}, embedder_dir {meta.get('embedder_dir')}, "
+            f"flip_tta {meta.get('flip_tta')})"
+        )
         if args.real_limit and len(vectors) > args.real_limit:
             vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), args.real_limit, replace=False))]
         print(f"loaded {len(vectors)} embeddings from {path}", flush=True)
@@ -209,15 +246,22 @@ def synthetic(generator: str, total: int, dim: int, anchors: np.ndarray | None) 
     """``total`` vectors from one generator and how they were made; None when it needs missing anchors."""
     if generator == "densified":
         if anchors is None:
-            print("densified generator skipped: it needs the real embeddings (no --skip-real; "
-                  "--embeddings-npy or a trained model)", flush=True)
+            print(
+                "densified generator skipped: it needs the real embeddings (no --skip-real; "
+                "--embeddings-npy or a trained model)",
+                flush=True,
+            )
             return None
         print(f"generating {total} densified {anchors.shape[1]}-d vectors", flush=True)
-        return (densified_vectors(anchors, total, seed=1),
-                "benchmarks.vectors.densified_vectors(real catalogue embeddings, neighbours=10, noise=1.5)")
+        return (
+            densified_vectors(anchors, total, seed=1),
+            "benchmarks.vectors.densified_vectors(real catalogue embeddings, neighbours=10, noise=1.5)",
+        )
     print(f"generating {total} clustered {dim}-d vectors", flush=True)
-    return (clustered_vectors(total, dim, n_clusters=1000, seed=1),
-            "benchmarks.vectors.clustered_vectors(n_clusters=1000, latent_dim=64, spread=0.35, noise=0.02)")
+    return (
+        clustered_vectors(total, dim, n_clusters=1000, seed=1),
+        "benchmarks.vectors.clustered_vectors(n_clusters=1000, latent_dim=64, spread=0.35, noise=0.02)",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -226,8 +270,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (0: skip)")
     ap.add_argument("--dim", type=int, default=None, help="synthetic dimension (default: real one, else 1280)")
     ap.add_argument("--index-dim", default="256", help="SVD projection dimension before the index, or 'none'")
-    ap.add_argument("--embeddings-npy", help="real embeddings from this .npy (models/index/embeddings.npy), "
-                    "instead of embedding the catalogue")
+    ap.add_argument(
+        "--embeddings-npy",
+        help="real embeddings from this .npy (models/index/embeddings.npy), instead of embedding the catalogue",
+    )
     ap.add_argument("--model-dir", default=str(REPO / "models/classifier"))
     ap.add_argument("--raw-dir", default=str(REPO / "data/raw"))
     ap.add_argument("--real-limit", type=int, default=0, help="use only this many catalogue items (0: all)")
@@ -235,27 +281,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--embeddings-cache", help="reuse/save the real embeddings here (.npy)")
     known = ", ".join(sorted(BACKENDS))
-    ap.add_argument("--backend", default=DEFAULT_BACKEND,
-                    help=f"ANN backends, comma-separated, measured in this order (known: {known})")
+    ap.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help=f"ANN backends, comma-separated, measured in this order (known: {known})",
+    )
     ap.add_argument("--trees", type=int, default=50, help="Annoy: trees to start with")
-    ap.add_argument("--max-trees", type=int, default=None,
-                    help="Annoy: most trees the tuner doubles to (default: 200 on the real set, --trees on synthetic)")
+    ap.add_argument(
+        "--max-trees",
+        type=int,
+        default=None,
+        help="Annoy: most trees the tuner doubles to (default: 200 on the real set, --trees on synthetic)",
+    )
     ap.add_argument("--hnsw-m", type=int, default=getattr(cfg, "hnsw_m", 16), help="HNSW: M to start with")
-    ap.add_argument("--hnsw-max-m", type=int, default=getattr(cfg, "hnsw_max_m", 64),
-                    help="HNSW: most M the tuner doubles to")
-    ap.add_argument("--hnsw-ef-construction", type=int, default=getattr(cfg, "hnsw_ef_construction", None),
-                    help="HNSW: ef at construction (default: the index config's / the backend's)")
-    ap.add_argument("--target", type=float, default=None,
-                    help="recall@10 target for every data set (default: 0.95 real, 0.90 synthetic)")
-    ap.add_argument("--target-p50-ms", type=float, default=None,
-                    help="p50 target recorded with the results (default: 1 ms real, 2 ms synthetic)")
-    ap.add_argument("--build-threads", type=int, default=None,
-                    help="index build threads (n_jobs; default: 1 on the real set as the index stage, 2 on synthetic)")
-    ap.add_argument("--rescore", type=int, default=0, metavar="C",
-                    help="also re-score C ANN candidates exactly on the raw vectors (0: off)")
+    ap.add_argument(
+        "--hnsw-max-m", type=int, default=getattr(cfg, "hnsw_max_m", 64), help="HNSW: most M the tuner doubles to"
+    )
+    ap.add_argument(
+        "--hnsw-ef-construction",
+        type=int,
+        default=getattr(cfg, "hnsw_ef_construction", None),
+        help="HNSW: ef at construction (default: the index config's / the backend's)",
+    )
+    ap.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="recall@10 target for every data set (default: 0.95 real, 0.90 synthetic)",
+    )
+    ap.add_argument(
+        "--target-p50-ms",
+        type=float,
+        default=None,
+        help="p50 target recorded with the results (default: 1 ms real, 2 ms synthetic)",
+    )
+    ap.add_argument(
+        "--build-threads",
+        type=int,
+        default=None,
+        help="index build threads (n_jobs; default: 1 on the real set as the index stage, 2 on synthetic)",
+    )
+    ap.add_argument(
+        "--rescore",
+        type=int,
+        default=0,
+        metavar="C",
+        help="also re-score C ANN candidates exactly on the raw vectors (0: off)",
+    )
     ap.add_argument("--queries", type=int, default=1000, help="held-out queries")
-    ap.add_argument("--generators", default="densified,clustered",
-                    help="synthetic generators, comma-separated: densified (needs real embeddings), clustered")
+    ap.add_argument(
+        "--generators",
+        default="densified,clustered",
+        help="synthetic generators, comma-separated: densified (needs real embeddings), clustered",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/index.json"))
     args = ap.parse_args(argv)
     args.backends = [b.strip() for b in args.backend.split(",") if b.strip()]
@@ -295,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         def save(res: dict[str, Any]) -> None:
             results[key] = res
             _write(out_path, results)
+
         return save
 
     if not args.skip_real:
@@ -310,16 +389,34 @@ def main(argv: list[str] | None = None) -> int:
             mask = np.ones(len(vectors), bool)
             mask[held] = False
             key = f"real_{suffix}"
-            bench("real", vectors[mask], vectors[held], args, index_dim, targets_for("real", args), True,
-                  {"source": source}, saver(key))
+            bench(
+                "real",
+                vectors[mask],
+                vectors[held],
+                args,
+                index_dim,
+                targets_for("real", args),
+                True,
+                {"source": source},
+                saver(key),
+            )
     for generator in args.generator_list:
         made = synthetic(generator, args.n + args.queries, dim, anchors)
         if made is None:
             continue
         allv, described = made
         key = f"{'densified' if generator == 'densified' else 'synthetic'}_{args.n}_{suffix}"
-        bench(generator, allv[: args.n], allv[args.n:], args, index_dim, targets_for("synthetic", args), False,
-              {"generator": described}, saver(key))
+        bench(
+            generator,
+            allv[: args.n],
+            allv[args.n :],
+            args,
+            index_dim,
+            targets_for("synthetic", args),
+            False,
+            {"generator": described},
+            saver(key),
+        )
         del allv
     _write(out_path, results)
     print(f"wrote {out_path}")

@@ -48,7 +48,7 @@ def _cpu_seconds(who: int | None = None) -> float:
 
 def plain_pil_rate(files: list[str], workers: int) -> tuple[float, float]:
     """(images/s, CPU seconds) of a bare multi-process PIL decode loop over ``files``."""
-    chunks = [files[i:i + 1024] for i in range(0, len(files), 1024)]
+    chunks = [files[i : i + 1024] for i in range(0, len(files), 1024)]
     cpu = _cpu_seconds()
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
@@ -75,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     self_cpu, child_cpu = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
-        params = load_params(REPO / "params.yaml", [
-            f"paths.raw_dir={args.data}",
-            f"paths.prepared_dir={Path(tmp) / 'data/prepared'}",
-            f"paths.reports_dir={Path(tmp) / 'reports'}",
-            "prepare.min_images_per_class=1",
-            f"prepare.workers={args.workers}",
-        ])
+        params = load_params(
+            REPO / "params.yaml",
+            [
+                f"paths.raw_dir={args.data}",
+                f"paths.prepared_dir={Path(tmp) / 'data/prepared'}",
+                f"paths.reports_dir={Path(tmp) / 'reports'}",
+                "prepare.min_images_per_class=1",
+                f"prepare.workers={args.workers}",
+            ],
+        )
         summary = run_prepare(params.prepare, params.paths)
         cache_bytes = (Path(tmp) / "data/prepared/images.npy").stat().st_size
     self_cpu = _cpu_seconds(resource.RUSAGE_SELF) - self_cpu  # serial part (catalogue, split, writes)
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             "CPU shared with other jobs during the run (1-min load average above the core count): "
             "absolute rates are lower bounds; compare with plain_pil_images_per_s, the plain two-process "
             "PIL loop run just before and after on the same files (ratio_to_plain_pil)"
-            if shared else "machine otherwise idle"
+            if shared
+            else "machine otherwise idle"
         ),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

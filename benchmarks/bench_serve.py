@@ -69,17 +69,24 @@ def build_proxy(work: Path, catalogue: Path, n_items: int, seed: int = 0) -> tup
     for i in rows["id"]:
         dst = raw / "images" / f"{i}.jpg"
         if not dst.exists():
-            os.link(catalogue / "images" / f"{i}.jpg", dst) if _same_fs(catalogue, raw) else \
-                dst.write_bytes((catalogue / "images" / f"{i}.jpg").read_bytes())
+            os.link(catalogue / "images" / f"{i}.jpg", dst) if _same_fs(catalogue, raw) else dst.write_bytes(
+                (catalogue / "images" / f"{i}.jpg").read_bytes()
+            )
     rows.to_csv(raw / "styles.csv", index=False)
-    params = load_params(REPO / "params.yaml", [
-        f"paths.raw_dir={raw}", f"paths.classifier_dir={work / 'classifier'}", f"paths.index_dir={work / 'index'}",
-        f"paths.reports_dir={work / 'reports'}", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-        f"tracking.artifact_location={work / 'mlflow'}", "index.tune_queries=200",
-    ])
+    params = load_params(
+        REPO / "params.yaml",
+        [
+            f"paths.raw_dir={raw}",
+            f"paths.classifier_dir={work / 'classifier'}",
+            f"paths.index_dir={work / 'index'}",
+            f"paths.reports_dir={work / 'reports'}",
+            f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            f"tracking.artifact_location={work / 'mlflow'}",
+            "index.tune_queries=200",
+        ],
+    )
     classes = sorted(str(c) for c in rows["articleType"].value_counts().index[:20])
-    spec = model_spec(params.train, classes, "articleType",
-                      (params.prepare.image_height, params.prepare.image_width))
+    spec = model_spec(params.train, classes, "articleType", (params.prepare.image_height, params.prepare.image_width))
     save_model(params.paths.classifier_dir, build_model(spec), spec)
     run_index(params.index, params.paths, params.tracking, label=params.prepare.label)
     (work / PROXY_MARKER).write_text(PROXY_NOTE + "\n")
@@ -92,10 +99,26 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 
 def start_server(model_dir: Path, index_dir: Path, raw_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fashionops.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--set", "serve.source=local", "--set", f"paths.classifier_dir={model_dir}",
-           "--set", f"paths.index_dir={index_dir}", "--set", f"paths.raw_dir={raw_dir}",
-           "--set", "index.embedder_dir=null"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashionops.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--set",
+        "serve.source=local",
+        "--set",
+        f"paths.classifier_dir={model_dir}",
+        "--set",
+        f"paths.index_dir={index_dir}",
+        "--set",
+        f"paths.raw_dir={raw_dir}",
+        "--set",
+        "index.embedder_dir=null",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("FASHIONOPS_API_TOKEN", None)
     log = log_path.open("w")
@@ -124,8 +147,14 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def summarize(lat: list[float], errors: int, seconds: float | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": len(lat), "errors": errors, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
-                           "p99_ms": pct(lat, 99), "mean_ms": float(np.mean(lat)) * 1000 if lat else None}
+    out: dict[str, Any] = {
+        "n": len(lat),
+        "errors": errors,
+        "p50_ms": pct(lat, 50),
+        "p90_ms": pct(lat, 90),
+        "p99_ms": pct(lat, 99),
+        "mean_ms": float(np.mean(lat)) * 1000 if lat else None,
+    }
     if seconds:
         out["throughput_rps"] = len(lat) / seconds
     return out
@@ -180,7 +209,7 @@ def concurrent(url: str, photos: list, ids: list[int], clients: int, duration: f
                 t0 = time.perf_counter()
                 try:
                     ok = do_request(client, url, kind, photos[rnd.randrange(len(photos))], ids[rnd.randrange(len(ids))])
-                except Exception as exc:  # counted, never fatal: the run must report them
+                except Exception as exc:  # noqa: BLE001 - counted, never fatal: the run must report them
                     ok = False
                     with lock:
                         failures.append(f"{kind}: {type(exc).__name__}: {exc}"[:200])
@@ -203,8 +232,14 @@ def concurrent(url: str, photos: list, ids: list[int], clients: int, duration: f
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {k: summarize(lat[k], errors[k], seconds) for k in kinds}
     total = sum(len(v) for v in lat.values())
-    out["all"] = {"requests": total, "errors": sum(errors.values()), "seconds": seconds,
-                  "throughput_rps": total / seconds, "clients": clients, "failures": failures[:10]}
+    out["all"] = {
+        "requests": total,
+        "errors": sum(errors.values()),
+        "seconds": seconds,
+        "throughput_rps": total / seconds,
+        "clients": clients,
+        "failures": failures[:10],
+    }
     return out
 
 
@@ -224,8 +259,11 @@ def main() -> int:
 
     model_dir, index_dir, raw_dir = Path(args.model_dir), Path(args.index_dir), Path(args.raw_dir)
     # a pair built by --build-proxy says so, wherever it is passed from
-    models = (model_dir.parent / PROXY_MARKER).read_text().strip() \
-        if (model_dir.parent / PROXY_MARKER).is_file() else "trained"
+    models = (
+        (model_dir.parent / PROXY_MARKER).read_text().strip()
+        if (model_dir.parent / PROXY_MARKER).is_file()
+        else "trained"
+    )
     if not ((model_dir / "model_spec.json").is_file() and (index_dir / "index_meta.json").is_file()):
         if not args.build_proxy:
             raise SystemExit(f"no models at {model_dir} + {index_dir}: run the pipeline or pass --build-proxy")
@@ -269,16 +307,30 @@ def main() -> int:
             proc.kill()
 
     result = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
-        "models": models, "model_dir": str(model_dir), "index_dir": str(index_dir), "n_items": len(items),
-        "server": {"startup_s": startup_s, "alive_after_load": alive, "process": "fashionops serve (uvicorn, 1 worker)"},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "models": models,
+        "model_dir": str(model_dir),
+        "index_dir": str(index_dir),
+        "n_items": len(items),
+        "server": {
+            "startup_s": startup_s,
+            "alive_after_load": alive,
+            "process": "fashionops serve (uvicorn, 1 worker)",
+        },
         "sequential_1_client": seq,
         "concurrent": conc,
-        "targets": {"classify_p50_ms": 30, "search_p50_ms": 40,
-                    "classify_p50_met": seq["classify"]["p50_ms"] <= 30,
-                    "search_p50_met": seq["search"]["p50_ms"] <= 40,
-                    "no_errors_under_load": conc["all"]["errors"] == 0},
+        "targets": {
+            "classify_p50_ms": 30,
+            "search_p50_ms": 40,
+            "classify_p50_met": seq["classify"]["p50_ms"] <= 30,
+            "search_p50_met": seq["search"]["p50_ms"] <= 40,
+            "no_errors_under_load": conc["all"]["errors"] == 0,
+        },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -49,11 +49,11 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from fashionops.config import AugmentConfig, TrainConfig  # noqa: E402
+from fashionops.inference.preprocess import preprocess_batch  # noqa: E402
+from fashionops.models.factory import model_spec  # noqa: E402
+from fashionops.training.callbacks import EpochSeed  # noqa: E402
 from fashionops.training.datamodule import FashionDataModule, load_prepared  # noqa: E402
 from fashionops.training.lit_module import FashionLitModule  # noqa: E402
-from fashionops.models.factory import model_spec  # noqa: E402
-from fashionops.inference.preprocess import preprocess_batch  # noqa: E402
-from fashionops.training.callbacks import EpochSeed  # noqa: E402
 from fashionops.training.runtime import resolve_runtime, set_cpu_threads  # noqa: E402
 from fashionops.training.stage import build_network  # noqa: E402
 
@@ -79,14 +79,16 @@ def build_cache(catalogue: Path, n_images: int, n_rows: int, out: Path, seed: in
     label_idx = pick["articleType"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     rows = np.resize(np.arange(len(pick)), n_rows)  # repeat real images to fill the steps
     val = np.arange(min(64, len(pick)))
-    index = pd.DataFrame({
-        "row": np.concatenate([rows, val]),
-        "id": np.concatenate([pick["id"].to_numpy()[rows], pick["id"].to_numpy()[val]]),
-        "label": np.concatenate([np.array(classes)[label_idx[rows]], np.array(classes)[label_idx[val]]]),
-        "label_idx": np.concatenate([label_idx[rows], label_idx[val]]),
-        "split": ["train"] * len(rows) + ["val"] * len(val),
-        "is_copy": False,
-    })
+    index = pd.DataFrame(
+        {
+            "row": np.concatenate([rows, val]),
+            "id": np.concatenate([pick["id"].to_numpy()[rows], pick["id"].to_numpy()[val]]),
+            "label": np.concatenate([np.array(classes)[label_idx[rows]], np.array(classes)[label_idx[val]]]),
+            "label_idx": np.concatenate([label_idx[rows], label_idx[val]]),
+            "split": ["train"] * len(rows) + ["val"] * len(val),
+            "is_copy": False,
+        }
+    )
     index["sha256"], index["source_id"] = "", index["id"]
     index.to_parquet(out / "index.parquet", index=False)
     (out / "labels.json").write_text(json.dumps({"column": "articleType", "classes": classes}))
@@ -153,7 +155,7 @@ class _Repeat:
 class GpuUtil:
     """Mean GPU utilisation (%) while the block runs, from ``nvidia-smi`` every 100 ms."""
 
-    def __enter__(self) -> "GpuUtil":
+    def __enter__(self) -> GpuUtil:
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -163,8 +165,12 @@ class GpuUtil:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
-                                     capture_output=True, text=True, timeout=5).stdout.strip()
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.strip()
                 self.samples.append(float(out.splitlines()[0]))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
@@ -187,18 +193,35 @@ def make_module(cfg: TrainConfig, spec: dict, runtime: dict) -> FashionLitModule
 
 def trainer_for(runtime: dict, steps: int, timer: StepTimer, cfg: TrainConfig) -> L.Trainer:
     return L.Trainer(
-        accelerator=runtime["accelerator"], devices=1, precision=runtime["precision"], max_epochs=1,
-        limit_train_batches=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        benchmark=runtime["cuda"], callbacks=[EpochSeed(cfg.seed), timer],
+        accelerator=runtime["accelerator"],
+        devices=1,
+        precision=runtime["precision"],
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        benchmark=runtime["cuda"],
+        callbacks=[EpochSeed(cfg.seed), timer],
     )
 
 
-def run_stage(cfg: TrainConfig, spec: dict, runtime: dict, data, steps: int, warmup: int,
-              measure_gpu: bool = False) -> dict[str, Any]:
+def run_stage(
+    cfg: TrainConfig, spec: dict, runtime: dict, data, steps: int, warmup: int, measure_gpu: bool = False
+) -> dict[str, Any]:
     lit = make_module(cfg, spec, runtime)
-    dm = FashionDataModule(data, spec, batch_size=cfg.batch_size, augment=cfg.augment, seed=cfg.seed,
-                           channels_last=runtime["channels_last"], pin_memory=runtime["cuda"])
+    dm = FashionDataModule(
+        data,
+        spec,
+        batch_size=cfg.batch_size,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        channels_last=runtime["channels_last"],
+        pin_memory=runtime["cuda"],
+    )
     timer = StepTimer(warmup)
     trainer = trainer_for(runtime, steps, timer, cfg)
     if measure_gpu and runtime["cuda"]:
@@ -243,7 +266,7 @@ def run_plain(cfg: TrainConfig, spec: dict, runtime: dict, data, steps: int, war
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         xb = images[rows[idx]].to(device, non_blocking=True)
         yb = labels[idx].to(device, non_blocking=True)
         if cfg.augment.hflip:
@@ -288,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if steps <= warmup:
         ap.error("--steps must exceed --warmup")
 
-    cfg = TrainConfig(backbone=args.backbone, pretrained="none", batch_size=args.batch_size,
-                      augment=AugmentConfig(hflip=True), seed=0)
+    cfg = TrainConfig(
+        backbone=args.backbone, pretrained="none", batch_size=args.batch_size, augment=AugmentConfig(hflip=True), seed=0
+    )
     runtime = resolve_runtime(cfg)
     threads = None if cuda else set_cpu_threads(args.threads)
     L.seed_everything(0, verbose=False)
@@ -353,8 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         out["gpu_util_percent"] = max(utils) if utils else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: out[k] for k in ("device", "images_per_s", "ratio_stage_vs_plain",
-                                           "ratio_stage_vs_synthetic", "meets_targets")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: out[k]
+                for k in ("device", "images_per_s", "ratio_stage_vs_plain", "ratio_stage_vs_synthetic", "meets_targets")
+            },
+            indent=2,
+        )
+    )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -39,13 +39,16 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as tmp:
-        params = load_params(REPO / "params.yaml", [
-            f"paths.raw_dir={args.data}",
-            f"paths.facts={Path(tmp) / 'image_facts.parquet'}",
-            f"paths.reports_dir={Path(tmp) / 'reports'}",
-            f"paths.gx_dir={REPO / 'gx'}",
-            f"validate.workers={args.workers}",
-        ])
+        params = load_params(
+            REPO / "params.yaml",
+            [
+                f"paths.raw_dir={args.data}",
+                f"paths.facts={Path(tmp) / 'image_facts.parquet'}",
+                f"paths.reports_dir={Path(tmp) / 'reports'}",
+                f"paths.gx_dir={REPO / 'gx'}",
+                f"validate.workers={args.workers}",
+            ],
+        )
         start = time.perf_counter()
         try:
             result = run_validate(params.validate, params.paths, label=params.prepare.label)
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "notes": "CPU shared with other jobs during the run (see loadavg); "
-                 "'seconds' excludes Python/GX import time, 'seconds_with_imports' includes it.",
+        "'seconds' excludes Python/GX import time, 'seconds_with_imports' includes it.",
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

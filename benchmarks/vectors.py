@@ -14,8 +14,16 @@ from fashionops.search.exact import exact_knn
 from fashionops.search.vectors import check_vectors, l2_normalise
 
 
-def clustered_vectors(n: int, dim: int, n_clusters: int = 100, latent_dim: int = 64, spread: float = 0.35,
-                      noise: float = 0.02, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
+def clustered_vectors(
+    n: int,
+    dim: int,
+    n_clusters: int = 100,
+    latent_dim: int = 64,
+    spread: float = 0.35,
+    noise: float = 0.02,
+    seed: int = 0,
+    chunk: int = 100_000,
+) -> np.ndarray:
     """Synthetic embeddings shaped like real ones (for tests and benchmarks), L2-normalised float32.
 
     Real image embeddings lie near a low-dimensional manifold and form clusters of very unequal
@@ -30,15 +38,16 @@ def clustered_vectors(n: int, dim: int, n_clusters: int = 100, latent_dim: int =
     labels = rng.choice(n_clusters, size=n, p=sizes / sizes.sum())
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
-        lab = labels[start:start + chunk]
+        lab = labels[start : start + chunk]
         latent = centres[lab] + spread * rng.standard_normal((len(lab), latent_dim)).astype(np.float32)
         x = latent @ lift + noise * rng.standard_normal((len(lab), dim)).astype(np.float32)
-        out[start:start + chunk] = l2_normalise(x)
+        out[start : start + chunk] = l2_normalise(x)
     return out
 
 
-def densified_vectors(anchors: np.ndarray, n: int, neighbours: int = 10, noise: float = 1.5, seed: int = 0,
-                      chunk: int = 10_000) -> np.ndarray:
+def densified_vectors(
+    anchors: np.ndarray, n: int, neighbours: int = 10, noise: float = 1.5, seed: int = 0, chunk: int = 10_000
+) -> np.ndarray:
     """``n`` synthetic vectors drawn around real embeddings (``anchors``), L2-normalised float32.
 
     Each point starts at a random anchor and moves a uniform random fraction of the way towards a
@@ -64,5 +73,5 @@ def densified_vectors(anchors: np.ndarray, n: int, neighbours: int = 10, noise: 
         towards = np.einsum("mk,mkd->md", weights, anchors[near[base]])
         step = rng.uniform(0.0, 1.0, size=(m, 1)).astype(np.float32)
         jitter = noise_scale[base, None] * rng.standard_normal((m, anchors.shape[1]), dtype=np.float32)
-        out[start:start + m] = l2_normalise(anchors[base] + step * (towards - anchors[base]) + jitter)
+        out[start : start + m] = l2_normalise(anchors[base] + step * (towards - anchors[base]) + jitter)
     return out

@@ -32,7 +32,8 @@ cfg = json.loads(sys.argv[1])
 files = cfg["images"]
 frame = pd.DataFrame({"image": [open(f, "rb").read() for f in files]})  # the documented input schema
 out = {}
-for role, name, params in (("classifier", cfg["classifier"], {"top_k": 3}), ("visual_search", cfg["index"], {"top_k": 3})):
+roles = (("classifier", cfg["classifier"], {"top_k": 3}), ("visual_search", cfg["index"], {"top_k": 3}))
+for role, name, params in roles:
     model = mlflow.pyfunc.load_model(f"models:/{name}/{cfg['versions'][name]}")
     pred = model.predict(frame, params=params)
     if len(pred) != len(files):

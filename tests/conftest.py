@@ -10,9 +10,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(
-    os.environ.get("FASHION_DATA", REPO.parent / "shared" / "data" / "fashion-product-images-small")
-)
+SHARED_DATA = Path(os.environ.get("FASHION_DATA", REPO.parent / "shared" / "data" / "fashion-product-images-small"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -41,8 +39,9 @@ def shared_styles(shared_catalogue: Path) -> pd.DataFrame:
     return pd.read_csv(shared_catalogue / "styles.csv", dtype={"year": "Int64"})
 
 
-def make_subset(src: Path, dest: Path, styles: pd.DataFrame, per_class: int, classes: int,
-                label: str = "articleType", seed: int = 0) -> Path:
+def make_subset(
+    src: Path, dest: Path, styles: pd.DataFrame, per_class: int, classes: int, label: str = "articleType", seed: int = 0
+) -> Path:
     """Copy a real subset: `per_class` images of each of the `classes` largest classes."""
     top = styles[label].value_counts().index[:classes]
     chosen = styles[styles[label].isin(top)]

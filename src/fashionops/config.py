@@ -130,6 +130,10 @@ class AugmentConfig(Section):
     crop_scale: float = Field(default=0.0, ge=0, lt=1)  # random resized crop: min area lost
     affine_degrees: float = Field(default=0.0, ge=0)
     color_jitter: float = Field(default=0.0, ge=0)
+    # mixing two images of a batch and their labels (training/mixing.py): Beta(alpha, alpha), 0 = off
+    mixup_alpha: float = Field(default=0.0, ge=0)
+    cutmix_alpha: float = Field(default=0.0, ge=0)
+    mix_prob: float = Field(default=1.0, ge=0, le=1)  # share of training batches mixed
 
 
 class TrainConfig(Section):

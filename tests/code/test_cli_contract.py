@@ -87,9 +87,22 @@ def test_bad_image_inputs_fail_before_any_model_is_loaded(tmp_path, shared_catal
     text.write_text("not a picture")
     missing = tmp_path / "missing.jpg"
     proc = subprocess.run(
-        [sys.executable, "-m", "fashionops.cli", command, str(good), str(missing), str(text), str(tmp_path),
-         "--params", str(params)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "fashionops.cli",
+            command,
+            str(good),
+            str(missing),
+            str(text),
+            str(tmp_path),
+            "--params",
+            str(params),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -107,7 +120,10 @@ def test_a_missing_file_alone_names_it(tmp_path):
     params, _ = _params_file(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "fashionops.cli", "predict", "nope.jpg", "--params", str(params)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert (proc.returncode, proc.stderr) == (1, "error: nope.jpg: no such file\n")
 

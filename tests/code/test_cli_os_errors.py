@@ -36,8 +36,18 @@ def tiny_source(tmp_path_factory, shared_catalogue) -> Path:
 
 def _import_cmd(source: Path, raw_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "fashionops.cli", *extra, "import", "--params", str(REPO / "params.yaml"),
-        "--source", str(source), "--no-dvc", "--set", f"paths.raw_dir={raw_dir}",
+        sys.executable,
+        "-m",
+        "fashionops.cli",
+        *extra,
+        "import",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--source",
+        str(source),
+        "--no-dvc",
+        "--set",
+        f"paths.raw_dir={raw_dir}",
     ]
 
 

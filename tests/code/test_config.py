@@ -28,8 +28,17 @@ def test_paths_section_holds_every_location():
     assert params.paths.run_file == Path("out/train/mlflow_run.json")
     assert params.paths.prepared_dir == "/tmp/p"
     # the locations live only in `paths` now: the old per-stage keys are unknown
-    for old in ("data.raw_dir", "validate.facts_path", "prepare.out_dir", "train.out_dir", "train.report_dir",
-                "evaluate.out_dir", "index.out_dir", "index.report_dir", "register.out_path"):
+    for old in (
+        "data.raw_dir",
+        "validate.facts_path",
+        "prepare.out_dir",
+        "train.out_dir",
+        "train.report_dir",
+        "evaluate.out_dir",
+        "index.out_dir",
+        "index.report_dir",
+        "register.out_path",
+    ):
         with pytest.raises(ConfigError, match=f"{old}: unknown key"):
             load_params(REPO / "params.yaml", [f"{old}=x"])
 
@@ -58,8 +67,10 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
 
 
 def test_overrides_are_parsed_as_yaml_and_nested():
-    params = load_params(REPO / "params.yaml", ["train.epochs=7", "train.augment.hflip=false",
-                                                 "prepare.include=[Tshirts, Shirts]", "data.limit=null"])
+    params = load_params(
+        REPO / "params.yaml",
+        ["train.epochs=7", "train.augment.hflip=false", "prepare.include=[Tshirts, Shirts]", "data.limit=null"],
+    )
     assert params.train.epochs == 7 and params.train.augment.hflip is False
     assert params.prepare.include == ["Tshirts", "Shirts"] and params.data.limit is None
     assert parse_override("train.epochs=3") == (["train", "epochs"], 3)
@@ -78,10 +89,27 @@ def test_preset_applies_under_set_overrides():
 
 
 def test_every_published_system_has_a_preset():
-    expected = {"vit_b16_sa", "alexnet", "alexnet_shallow", "alexnet_deep", "alexnet_svm", "alexnet_cbam",
-                "resnet18_cbam", "vgg19", "small_cnn", "efficientnetv2_m", "nasnetalarge", "resnet50",
-                "xception", "inception_v3", "densenet201", "conv_autoencoder", "resnet50_autoencoder",
-                "default", "gpu"}
+    expected = {
+        "vit_b16_sa",
+        "alexnet",
+        "alexnet_shallow",
+        "alexnet_deep",
+        "alexnet_svm",
+        "alexnet_cbam",
+        "resnet18_cbam",
+        "vgg19",
+        "small_cnn",
+        "efficientnetv2_m",
+        "nasnetalarge",
+        "resnet50",
+        "xception",
+        "inception_v3",
+        "densenet201",
+        "conv_autoencoder",
+        "resnet50_autoencoder",
+        "default",
+        "gpu",
+    }
     assert expected <= set(list_presets())
 
 

@@ -39,7 +39,8 @@ DYNAMIC_IMPORT = re.compile(r"^fashionops(\.\w+)+(:\w+)?$")
 LOCATION_NAMES = {*PathsConfig.model_fields, "run_file"}
 # Config class name -> params.yaml section (``TrainConfig`` -> ``train``).
 SECTIONS: dict[str, str] = {
-    info.annotation.__name__: name for name, info in Params.model_fields.items()  # type: ignore[union-attr]
+    info.annotation.__name__: name
+    for name, info in Params.model_fields.items()  # type: ignore[union-attr]
 }
 
 
@@ -56,7 +57,8 @@ def module_file(module: str) -> Path | None:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imported_modules(module: str) -> set[str]:
@@ -114,7 +116,8 @@ def _is_trivial(path: Path) -> bool:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue
         if isinstance(node, ast.Assign) and all(
-                isinstance(t, ast.Name) and t.id in ("__all__", "__version__") for t in node.targets):
+            isinstance(t, ast.Name) and t.id in ("__all__", "__version__") for t in node.targets
+        ):
             continue
         return False
     return True
@@ -191,7 +194,8 @@ def own_modules(stage: str) -> set[str]:
 
 def _paths_node(node: ast.AST) -> bool:
     return (isinstance(node, ast.Name) and node.id == "paths") or (
-        isinstance(node, ast.Attribute) and node.attr == "paths")
+        isinstance(node, ast.Attribute) and node.attr == "paths"
+    )
 
 
 def locations_in_code(stage: str) -> set[str]:
@@ -202,8 +206,12 @@ def locations_in_code(stage: str) -> set[str]:
         path = module_file(module)
         assert path is not None
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                    node.func.attr == "reports" and _paths_node(node.func.value):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "reports"
+                and _paths_node(node.func.value)
+            ):
                 arg = node.args[0] if node.args else None
                 found.add(REPORTS + (arg.value if isinstance(arg, ast.Constant) else "?"))
             elif isinstance(node, ast.Attribute) and _paths_node(node.value) and node.attr in LOCATION_NAMES:
@@ -263,8 +271,11 @@ def problems(declared: dict[str, Declared], paths: PathsConfig) -> list[str]:
             continue
         module = stage.entry.partition(":")[0]
         _, unknown = signature_params(name)
-        found += [f"stage '{name}': {stage.entry} argument '{a}' is neither a config section nor in "
-                  "fashionops.stages.KEYWORD_PARAMS" for a in unknown]
+        found += [
+            f"stage '{name}': {stage.entry} argument '{a}' is neither a config section nor in "
+            "fashionops.stages.KEYWORD_PARAMS"
+            for a in unknown
+        ]
         # params
         required = required_params(name)
         for key in sorted(required):
@@ -326,8 +337,10 @@ def test_stage_table_agrees_with_the_paths_the_code_uses(stage):
 
     table = {head(loc) for loc in STAGES[stage].reads + STAGES[stage].writes}
     code = locations_in_code(stage)
-    assert code == table, (f"stage '{stage}': the code uses {sorted(code - table)} that STAGES does not list; "
-                           f"STAGES lists {sorted(table - code)} that the code does not use")
+    assert code == table, (
+        f"stage '{stage}': the code uses {sorted(code - table)} that STAGES does not list; "
+        f"STAGES lists {sorted(table - code)} that the code does not use"
+    )
 
 
 def test_the_import_walk_follows_function_local_imports():
@@ -357,15 +370,31 @@ def _mutated(tmp_path: Path, stage: str, section: str, drop: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("stage", "section", "drop", "message"), [
-    ("index", "deps", "${paths.prepared_dir}", "stage 'index': deps miss data/prepared (prepared_dir)"),
-    ("register", "deps", "${paths.reports_dir}/train/mlflow_run.json",
-     "stage 'register': deps miss reports/train/mlflow_run.json (run_file)"),
-    ("train", "deps", "src/fashionops/tracking.py", "stage 'train': deps miss source file src/fashionops/tracking.py"),
-    ("train", "params", "prepare.balance", "stage 'train': params miss 'prepare.balance'"),
-    ("train", "outs", "${paths.reports_dir}/train/mlflow_run.json",
-     "stage 'train': outs miss reports/train/mlflow_run.json (run_file)"),
-])
+@pytest.mark.parametrize(
+    ("stage", "section", "drop", "message"),
+    [
+        ("index", "deps", "${paths.prepared_dir}", "stage 'index': deps miss data/prepared (prepared_dir)"),
+        (
+            "register",
+            "deps",
+            "${paths.reports_dir}/train/mlflow_run.json",
+            "stage 'register': deps miss reports/train/mlflow_run.json (run_file)",
+        ),
+        (
+            "train",
+            "deps",
+            "src/fashionops/tracking.py",
+            "stage 'train': deps miss source file src/fashionops/tracking.py",
+        ),
+        ("train", "params", "prepare.balance", "stage 'train': params miss 'prepare.balance'"),
+        (
+            "train",
+            "outs",
+            "${paths.reports_dir}/train/mlflow_run.json",
+            "stage 'train': outs miss reports/train/mlflow_run.json (run_file)",
+        ),
+    ],
+)
 def test_a_dep_removed_from_dvc_yaml_is_reported(tmp_path, repo_paths, stage, section, drop, message):
     mutated = load_dvc_stages(_mutated(tmp_path, stage, section, drop), REPO / "params.yaml", tmp_path / "repo")
     assert message in problems(mutated, repo_paths)

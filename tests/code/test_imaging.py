@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fashionops.errors import DataError
 from fashionops.data.imaging import decode_file, file_sha256, load_rgb, resize_rgb
+from fashionops.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,10 @@ def _png_header_only(width: int, height: int) -> bytes:
     """A grayscale PNG with a valid IHDR of the given size whose pixel data stops after a few
     rows (file cut off): decoding it fails as truncated, so a 'too large' error proves the
     size check came before decoding."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compressobj().compress((b"\x00" + b"\x01" * width) * 4)  # unfinished zlib stream
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows)
@@ -202,11 +204,13 @@ def test_fast_jpeg_path_gives_the_full_pil_pixels(shared_catalogue, manifest, rg
     from fashionops.data.imaging import _decode_jpeg_fast, _jpeg_header
 
     assert _jpeg_header(rgb_file.read_bytes()) == (60, 80, "RGB")  # the truncation tests use the fast path
-    picks = pd.concat([
-        manifest[manifest["mode"] == "L"].head(20),
-        manifest[(manifest["width"] != 60) | (manifest["height"] != 80)].head(10),
-        manifest.sample(n=120, random_state=3),
-    ])
+    picks = pd.concat(
+        [
+            manifest[manifest["mode"] == "L"].head(20),
+            manifest[(manifest["width"] != 60) | (manifest["height"] != 80)].head(10),
+            manifest.sample(n=120, random_state=3),
+        ]
+    )
     fast_used = 0
     for row in picks.itertuples():
         data = (shared_catalogue / "images" / f"{row.id}.jpg").read_bytes()

@@ -130,10 +130,20 @@ def test_line_levels():
 def test_relay_without_a_subprocess_keeps_chained_tracebacks_together():
     out: list[tuple[int, str]] = []
     relay = Relay(lambda level, text: out.append((level, text)))
-    relay.feed(["Traceback (most recent call last):", '  File "a.py", line 1, in <module>', "KeyError: 'a'", "",
-                "During handling of the above exception, another exception occurred:", "",
-                "Traceback (most recent call last):", '  File "a.py", line 3, in <module>', "ValueError: b",
-                "Updating lock file 'dvc.lock'"])
+    relay.feed(
+        [
+            "Traceback (most recent call last):",
+            '  File "a.py", line 1, in <module>',
+            "KeyError: 'a'",
+            "",
+            "During handling of the above exception, another exception occurred:",
+            "",
+            "Traceback (most recent call last):",
+            '  File "a.py", line 3, in <module>',
+            "ValueError: b",
+            "Updating lock file 'dvc.lock'",
+        ]
+    )
     relay.close()
     assert [lvl for lvl, _ in out] == [logging.ERROR, logging.INFO]
     assert "KeyError: 'a'" in out[0][1] and out[0][1].endswith("ValueError: b")

@@ -29,14 +29,20 @@ def test_selection_metric_default_is_a_headline_name():
     assert REPO_PARAMS_METRIC in {headline_name(k) for k in TEST_HEADLINE}
 
 
-@pytest.mark.parametrize(("old", "new"), [("test_macro_f1", "test/macro_f1"), ("test_accuracy", "test/accuracy"),
-                                          ("test/log_loss", "test/log_loss"), ("index/recall_at_10",
-                                                                               "index/recall_at_10")])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("test_macro_f1", "test/macro_f1"),
+        ("test_accuracy", "test/accuracy"),
+        ("test/log_loss", "test/log_loss"),
+        ("index/recall_at_10", "index/recall_at_10"),
+    ],
+)
 def test_legacy_names_map_to_todays(old, new):
     assert canonical_metric_name(old) == new
     assert legacy_metric_name(new) == new.replace("/", "_")
     if new.startswith("test/"):
-        assert raw_metric_key(old) == raw_metric_key(new) == new[len("test/"):]
+        assert raw_metric_key(old) == raw_metric_key(new) == new[len("test/") :]
     assert higher_is_better(new) == higher_is_better(old)
     assert not higher_is_better("test/log_loss") and not higher_is_better("index/query_p50_ms")
 
@@ -57,8 +63,9 @@ def test_a_champion_tagged_under_the_old_name_is_read(tmp_path):
     source = str(tmp_path / "model")
     legacy = client.create_model_version("names-test", source, tags={"metric.test_macro_f1": "0.61"})
     current = client.create_model_version("names-test", source, tags={"metric.test/macro_f1": "0.72"})
-    both = client.create_model_version("names-test", source,
-                                       tags={"metric.test/macro_f1": "0.8", "metric.test_macro_f1": "0.1"})
+    both = client.create_model_version(
+        "names-test", source, tags={"metric.test/macro_f1": "0.8", "metric.test_macro_f1": "0.1"}
+    )
     none = client.create_model_version("names-test", source, tags={"metric.test/accuracy": "0.9"})
 
     def read(mv):
@@ -71,10 +78,22 @@ def test_a_champion_tagged_under_the_old_name_is_read(tmp_path):
 
 
 def test_data_headlines_are_namespaced_numbers():
-    validation = {"passed": True, "rows": 10, "critical_failures": 0, "warnings": 1, "duplicate_images": 2,
-                  "failures": {"image_exists": 0}, "seconds": {"total": 1.0}}
-    prepare = {"n_images": 9, "n_classes": 3, "split_originals": {"train": 7, "val": 1, "test": 1},
-               "dropped_classes": {"Hat": "3 images < 10"}, "class_counts": {"train": {"a": 7}}}
+    validation = {
+        "passed": True,
+        "rows": 10,
+        "critical_failures": 0,
+        "warnings": 1,
+        "duplicate_images": 2,
+        "failures": {"image_exists": 0},
+        "seconds": {"total": 1.0},
+    }
+    prepare = {
+        "n_images": 9,
+        "n_classes": 3,
+        "split_originals": {"train": 7, "val": 1, "test": 1},
+        "dropped_classes": {"Hat": "3 images < 10"},
+        "class_counts": {"train": {"a": 7}},
+    }
     for values in (validate_headline(validation), prepare_headline(prepare)):
         for name, value in values.items():
             assert name.count("/") == 1 and type(value) is int, name
@@ -87,7 +106,13 @@ def test_per_epoch_curves_are_grouped_in_mlflow():
     from fashionops.training.mlflow_run import curve_name
 
     assert [curve_name(k) for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch")] == [
-        "train/loss", "val/loss", "val/accuracy", "val/macro_f1", "train/lr", "epoch"]
+        "train/loss",
+        "val/loss",
+        "val/accuracy",
+        "val/macro_f1",
+        "train/lr",
+        "epoch",
+    ]
     assert curve_name("test_acc") == "test_acc"  # test/ names are the evaluate stage's
 
 

@@ -54,11 +54,17 @@ def trained(tmp_path_factory, small_catalogue):
     params = params_for(work, small_catalogue, SMALL_CNN_TRAIN + extra)
     run_prepare(params.prepare, params.paths)
     cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
-    for item in SMALL_CNN_TRAIN + extra + [
-        f"paths.prepared_dir={params.paths.prepared_dir}", f"paths.classifier_dir={params.paths.classifier_dir}",
-        f"paths.reports_dir={params.paths.reports_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
-        f"tracking.artifact_location={params.tracking.artifact_location}",
-    ]:
+    for item in (
+        SMALL_CNN_TRAIN
+        + extra
+        + [
+            f"paths.prepared_dir={params.paths.prepared_dir}",
+            f"paths.classifier_dir={params.paths.classifier_dir}",
+            f"paths.reports_dir={params.paths.reports_dir}",
+            f"tracking.tracking_uri={params.tracking.tracking_uri}",
+            f"tracking.artifact_location={params.tracking.artifact_location}",
+        ]
+    ):
         cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
@@ -95,8 +101,12 @@ embed_catalogue(cat, Predictor.from_dir(sys.argv[2]), batch_size=16, chunk=32)
 @pytest.mark.slow  # uses the trained model above
 def test_embedding_logs_tenths_without_bar_frames(trained, small_catalogue):
     params = trained[0]
-    proc = subprocess.run([sys.executable, "-c", EMBED, str(small_catalogue), params.paths.classifier_dir],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBED, str(small_catalogue), params.paths.classifier_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not FRAME.search(proc.stderr), proc.stderr[-2000:]
     steps = re.findall(r"fashionops\.search\.items: embedded (\d+)/(\d+) images", proc.stderr)

@@ -89,8 +89,11 @@ def test_read_styles_matches_pandas_on_the_clean_copy(shared_catalogue):
     assert len(df) == len(ref) == 40028
     assert df["id"].tolist() == ref["id"].astype(int).tolist()
     expected = ref["productDisplayName"].where(~ref["productDisplayName"].isin(["", "NA"]))
-    assert df["productDisplayName"].astype(object).where(df["productDisplayName"].notna()).equals(
-        expected.astype(object).where(expected.notna())
+    assert (
+        df["productDisplayName"]
+        .astype(object)
+        .where(df["productDisplayName"].notna())
+        .equals(expected.astype(object).where(expected.notna()))
     )
     assert df["productDisplayName"].str.contains(",", na=False).sum() > 0
 
@@ -169,8 +172,9 @@ def test_stratified_limit_keeps_class_proportions(shared_catalogue):
 
 
 def test_import_with_limit_samples_by_class(tmp_path, shared_catalogue, shared_styles):
-    cat = _kaggle_subset(tmp_path / "cat", shared_catalogue,
-                         _real_rows(shared_styles, {"Tshirts": 12, "Watches": 6, "Heels": 2}))
+    cat = _kaggle_subset(
+        tmp_path / "cat", shared_catalogue, _real_rows(shared_styles, {"Tshirts": 12, "Watches": 6, "Heels": 2})
+    )
     params = params_for(tmp_path / "work", overrides=["data.limit=10"])
     result = import_catalogue(params.data, params.paths, source=str(cat), track=False)
     styles = pd.read_csv(Path(params.paths.raw_dir) / "styles.csv")
@@ -193,8 +197,14 @@ def test_import_counts_missing_images_and_lists_the_first_few(tmp_path, shared_c
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "DVC_NO_ANALYTICS": "1",
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -204,8 +214,9 @@ def test_import_tracks_with_dvc_push_and_pull(tmp_path, shared_catalogue, shared
     from dvc.repo import Repo
 
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    cat = _kaggle_subset(tmp_path / "cat", shared_catalogue,
-                         _real_rows(shared_styles, {"Tshirts": 10, "Shirts": 10, "Watches": 10}))
+    cat = _kaggle_subset(
+        tmp_path / "cat", shared_catalogue, _real_rows(shared_styles, {"Tshirts": 10, "Shirts": 10, "Watches": 10})
+    )
     repo = tmp_path / "repo"
     repo.mkdir()
     _run(["git", "init", "-q"], repo)

@@ -19,8 +19,13 @@ def _files(gx_dir: Path) -> set[str]:
 def test_gx_init_creates_the_committed_context(tmp_path, monkeypatch, capsys):
     # The command line as a user types it, into a directory of their choice.
     target = tmp_path / "elsewhere" / "gx"
-    proc = subprocess.run([sys.executable, "-m", "fashionops.cli", "gx-init", "--gx-dir", str(target)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fashionops.cli", "gx-init", "--gx-dir", str(target)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout) == {"gx_dir": str(target)}
     assert (target / "great_expectations.yml").is_file()

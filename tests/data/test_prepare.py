@@ -88,8 +88,10 @@ def test_outputs_follow_the_contract(prepared, small_catalogue):
     for row in index.sample(n=20, random_state=0).itertuples():
         path = small_catalogue / "images" / f"{row.id}.jpg"
         assert np.array_equal(images[row.row], resize_rgb(load_rgb(path), 80, 60)), row.id
-    manifest_sha = {p.stem: __import__("hashlib").sha256(p.read_bytes()).hexdigest()
-                    for p in (small_catalogue / "images").glob("*.jpg")}
+    manifest_sha = {
+        p.stem: __import__("hashlib").sha256(p.read_bytes()).hexdigest()
+        for p in (small_catalogue / "images").glob("*.jpg")
+    }
     assert all(manifest_sha[str(i)] == h for i, h in zip(index["id"], index["sha256"]))
 
     assert summary == result
@@ -129,12 +131,10 @@ def test_min_images_include_exclude_and_class_weights(tmp_path, small_catalogue)
     classes = sorted(styles["articleType"].unique())
     small, kept = classes[0], classes[1:]
     # Leave `small` with 5 images: below min_images_per_class=10.
-    styles = pd.concat([styles[styles["articleType"] != small],
-                        styles[styles["articleType"] == small].head(5)])
+    styles = pd.concat([styles[styles["articleType"] != small], styles[styles["articleType"] == small].head(5)])
     # Make one kept class larger than the rest to give unequal weights: drop half of another.
     halved = kept[0]
-    styles = pd.concat([styles[styles["articleType"] != halved],
-                        styles[styles["articleType"] == halved].head(15)])
+    styles = pd.concat([styles[styles["articleType"] != halved], styles[styles["articleType"] == halved].head(15)])
     cat = _derived_catalogue(tmp_path / "cat", small_catalogue, styles)
 
     params = _params(tmp_path / "w", cat)
@@ -149,8 +149,11 @@ def test_min_images_include_exclude_and_class_weights(tmp_path, small_catalogue)
     assert np.allclose(weights, expected.sort_index().to_numpy())
     assert weights[labels["classes"].index(halved)] > weights[labels["classes"].index(kept[1])]
 
-    params = _params(tmp_path / "w2", cat, [f"prepare.include=[{kept[0]!r}, {kept[1]!r}, {kept[2]!r}]",
-                                              f"prepare.exclude=[{kept[1]!r}]"])
+    params = _params(
+        tmp_path / "w2",
+        cat,
+        [f"prepare.include=[{kept[0]!r}, {kept[1]!r}, {kept[2]!r}]", f"prepare.exclude=[{kept[1]!r}]"],
+    )
     summary = prepare(params)
     index, _, labels, weights, _ = _load(params)
     assert labels["classes"] == [kept[0], kept[2]]

@@ -31,9 +31,7 @@ def base_catalogue(tmp_path_factory, shared_catalogue, shared_styles) -> Path:
     """20 real images of 4 article types (read-only; tests copy it before breaking it)."""
     dest = tmp_path_factory.mktemp("valid_catalogue")
     top = shared_styles["articleType"].value_counts().index[:4]
-    rows = pd.concat(
-        shared_styles[shared_styles["articleType"] == t].sample(n=5, random_state=1) for t in top
-    )
+    rows = pd.concat(shared_styles[shared_styles["articleType"] == t].sample(n=5, random_state=1) for t in top)
     (dest / "images").mkdir()
     for image_id in rows["id"]:
         shutil.copyfile(shared_catalogue / "images" / f"{image_id}.jpg", dest / "images" / f"{image_id}.jpg")
@@ -61,7 +59,8 @@ def _gx_snapshot() -> dict[str, str]:
     gx_dir = REPO / "gx"
     return {
         str(p.relative_to(gx_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(gx_dir.rglob("*")) if p.is_file()
+        for p in sorted(gx_dir.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -240,10 +239,14 @@ def test_committed_gx_suites_hold_exactly_the_records():
     assert {p.stem for p in (REPO / "gx" / "expectations").glob("*.json")} == set(SUITE_ASSETS)
     for suite in SUITE_ASSETS:
         stored = json.loads((REPO / "gx" / "expectations" / f"{suite}.json").read_text())
-        got = [(e["meta"]["name"], e["type"], e["kwargs"], e["severity"], e["description"])
-               for e in stored["expectations"]]
-        want = [(e.name, getattr(gxe, e.gx_type).expectation_type, dict(e.kwargs), e.severity, e.gx_description)
-                for e in EXPECTATIONS if e.suite == suite]
+        got = [
+            (e["meta"]["name"], e["type"], e["kwargs"], e["severity"], e["description"]) for e in stored["expectations"]
+        ]
+        want = [
+            (e.name, getattr(gxe, e.gx_type).expectation_type, dict(e.kwargs), e.severity, e.gx_description)
+            for e in EXPECTATIONS
+            if e.suite == suite
+        ]
         assert got == want, f"gx/expectations/{suite}.json is stale: run fashionops gx-init"
         assert (REPO / "gx" / "validation_definitions" / f"{suite}.json").is_file()
     assert list(DEFAULT_SEVERITY) == [e.name for e in EXPECTATIONS]
@@ -254,8 +257,9 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 def _context_files(gx_dir: Path) -> dict[str, str]:
     """Every file of a GX context, GX's generated ids blanked."""
-    return {str(p.relative_to(gx_dir)): _UUID.sub("<id>", p.read_text())
-            for p in sorted(gx_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(gx_dir)): _UUID.sub("<id>", p.read_text()) for p in sorted(gx_dir.rglob("*")) if p.is_file()
+    }
 
 
 def test_init_gx_context_recreates_the_committed_context(tmp_path):
@@ -268,8 +272,7 @@ def test_readme_table_is_the_generated_one():
     found = re.search(r"<!-- expectations table: begin[^>]*-->\n(.*?)<!-- expectations table: end -->", readme, re.S)
     assert found, "README.md lost its expectations table markers"
     assert found.group(1) == expectations_markdown(), (
-        "README.md's expectations table is stale: replace it with "
-        "fashionops.data.validation.expectations_markdown()"
+        "README.md's expectations table is stale: replace it with fashionops.data.validation.expectations_markdown()"
     )
     assert all(f"`{e.name}`" in found.group(1) for e in EXPECTATIONS)
 
@@ -280,6 +283,10 @@ def test_placeholders_are_filled_from_the_validate_section():
         assert set(e.placeholders) <= set(ValidateConfig.model_fields), e.name
     assert expectation_parameters(params.validate) == {
         "required_columns": ["id", "gender", "masterCategory", "subCategory", "articleType"],
-        "year_min": 1990, "year_max": 2025, "genders": ["Men", "Women", "Unisex", "Boys", "Girls"],
-        "min_width": 32, "min_height": 32, "image_modes": ["RGB"],
+        "year_min": 1990,
+        "year_max": 2025,
+        "genders": ["Men", "Women", "Unisex", "Boys", "Girls"],
+        "min_width": 32,
+        "min_height": 32,
+        "image_modes": ["RGB"],
     }

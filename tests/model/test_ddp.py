@@ -58,11 +58,17 @@ def _cli(params, extra: list[str], resume: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
     if resume:
         cmd.append("--resume")
-    for item in TINY + extra + [
-        f"paths.prepared_dir={params.paths.prepared_dir}", f"paths.classifier_dir={params.paths.classifier_dir}",
-        f"paths.reports_dir={params.paths.reports_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
-        f"tracking.artifact_location={params.tracking.artifact_location}",
-    ]:
+    for item in (
+        TINY
+        + extra
+        + [
+            f"paths.prepared_dir={params.paths.prepared_dir}",
+            f"paths.classifier_dir={params.paths.classifier_dir}",
+            f"paths.reports_dir={params.paths.reports_dir}",
+            f"tracking.tracking_uri={params.tracking.tracking_uri}",
+            f"tracking.artifact_location={params.tracking.artifact_location}",
+        ]
+    ):
         cmd += ["--set", item]
     return cmd
 
@@ -86,8 +92,9 @@ def _client(params):
 
 
 def _run(params, extra: list[str], resume: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_cli(params, extra, resume), cwd=_workdir(params), env=_env(),
-                          capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(
+        _cli(params, extra, resume), cwd=_workdir(params), env=_env(), capture_output=True, text=True, timeout=420
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -111,13 +118,19 @@ def _single_process_validation(params, checkpoint: Path) -> dict[str, float]:
     spec = ModelSpec.read(params.paths.classifier_dir)
     model = build_model(spec, pretrained="none")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     model = model.to(memory_format=torch.channels_last)  # as the stage trains and validates on CPU
     data = load_prepared(params.paths.prepared_dir)
     lit = FashionLitModule(model, spec, params.train)
     dm = FashionDataModule.from_config(params.train, spec, data, channels_last=True)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.validate(lit, datamodule=dm, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -168,10 +181,19 @@ def test_ddp_train_writes_once_and_its_gathered_metrics_equal_one_process(tmp_pa
 
     out, reports = Path(params.paths.classifier_dir), params.paths.reports("train")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "checkpoints", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "checkpoints/mlflow_run.json",
-        "model_spec.json", "weights.pt"]
+        "checkpoints",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "checkpoints/mlflow_run.json",
+        "model_spec.json",
+        "weights.pt",
+    ]
     assert sorted(p.name for p in reports.iterdir()) == [
-        "history.csv", "metrics.json", "mlflow_run.json", "summary.json"]
+        "history.csv",
+        "metrics.json",
+        "mlflow_run.json",
+        "summary.json",
+    ]
     assert not list(Path(tmp_path).glob("**/lightning_logs")) and not list(Path(tmp_path).glob("**/mlruns"))
     metrics = json.loads((reports / "summary.json").read_text())
     assert metrics["processes"] == 2 and metrics["epochs_run"] == 1
@@ -204,8 +226,14 @@ def _child_pids(pid: int) -> list[int]:
 
 
 def _start(params, extra: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(_cli(params, extra), cwd=_workdir(params), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        _cli(params, extra),
+        cwd=_workdir(params),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 240) -> None:

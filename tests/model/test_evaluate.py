@@ -43,8 +43,7 @@ def test_metrics_match_sklearn(drop_pred):
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     for avg in ("macro", "weighted"):
         assert m[f"{avg}_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average=avg, zero_division=0))
-        assert m[f"{avg}_precision"] == pytest.approx(
-            skm.precision_score(y_true, y_pred, average=avg, zero_division=0))
+        assert m[f"{avg}_precision"] == pytest.approx(skm.precision_score(y_true, y_pred, average=avg, zero_division=0))
         assert m[f"{avg}_recall"] == pytest.approx(skm.recall_score(y_true, y_pred, average=avg, zero_division=0))
     assert m["roc_auc_ovr"] == pytest.approx(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))
     onehot = np.eye(5)[y_true]
@@ -93,9 +92,17 @@ def test_evaluate_stage_outputs(tiny_pipeline):
         assert (out / name).is_file(), name
     m = json.loads((out / "summary.json").read_text())  # every score and count
     assert all(k.startswith("test/") for k in m)
-    for key in ("test/accuracy", "test/balanced_accuracy", "test/macro_f1", "test/weighted_f1",
-                "test/macro_precision", "test/macro_recall", "test/macro_specificity", "test/macro_auprc",
-                "test/roc_auc_ovr"):
+    for key in (
+        "test/accuracy",
+        "test/balanced_accuracy",
+        "test/macro_f1",
+        "test/weighted_f1",
+        "test/macro_precision",
+        "test/macro_recall",
+        "test/macro_specificity",
+        "test/macro_auprc",
+        "test/roc_auc_ovr",
+    ):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["test/log_loss"] > 0
     headline = json.loads((out / "metrics.json").read_text())  # the DVC metrics file: the headline subset
@@ -111,8 +118,13 @@ def test_evaluate_stage_outputs(tiny_pipeline):
     assert {"class", "precision", "recall", "f1", "support", "specificity", "train_images"} <= set(report.columns)
     assert report["support"].sum() == n_test
     assert "| class |" in (out / "per_class.md").read_text()
-    for png in ("confusion_matrix.png", "top_confusions.png", "confusion_gallery.png", "per_class_f1.png",
-                "training_curves.png"):
+    for png in (
+        "confusion_matrix.png",
+        "top_confusions.png",
+        "confusion_gallery.png",
+        "per_class_f1.png",
+        "training_curves.png",
+    ):
         with Image.open(out / png) as im:
             im.verify()
     with Image.open(out / "confusion_matrix.png") as im:
@@ -123,8 +135,7 @@ def test_evaluate_stage_outputs(tiny_pipeline):
     assert not any(k.startswith("test_") or k in ("test/n_samples", "test/n_classes") for k in run.data.metrics)
 
 
-def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared_catalogue, shared_styles,
-                                          tmp_path):
+def test_evaluate_on_a_labelled_catalogue(tiny_pipeline, small_catalogue, shared_catalogue, shared_styles, tmp_path):
     from fashionops.evaluation.stage import run_evaluate
 
     known = pd.read_csv(small_catalogue / "styles.csv")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from benchmarks.vectors import clustered_vectors
 from PIL import Image
 
+from benchmarks.vectors import clustered_vectors
 from fashionops.errors import DataError, FashionOpsError
 from fashionops.search.backends import BACKENDS, get_backend
 from fashionops.search.exact import exact_knn, recall_at_k
@@ -26,20 +26,31 @@ ANNOY = get_backend("annoy")
 
 def _items(n: int, sha: list[str] | None = None) -> pd.DataFrame:
     types = ["Tshirts", "Shirts", "Watches", "Heels"]
-    return pd.DataFrame({
-        "annoy_idx": np.arange(n), "id": np.arange(1000, 1000 + n),
-        "productDisplayName": [f"item {i}" for i in range(n)],
-        "masterCategory": "Apparel", "subCategory": "Topwear",
-        "articleType": [types[i % 4] for i in range(n)],
-        "sha256": sha if sha is not None else [f"{i:064x}" for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "annoy_idx": np.arange(n),
+            "id": np.arange(1000, 1000 + n),
+            "productDisplayName": [f"item {i}" for i in range(n)],
+            "masterCategory": "Apparel",
+            "subCategory": "Topwear",
+            "articleType": [types[i % 4] for i in range(n)],
+            "sha256": sha if sha is not None else [f"{i:064x}" for i in range(n)],
+        }
+    )
 
 
 def _write(tmp_path: Path, vectors: np.ndarray, items: pd.DataFrame, projection=None, name: str = "idx") -> Path:
     index_vectors = projection.apply(vectors) if projection is not None else vectors
     index = ANNOY.build(index_vectors, "angular", 10, seed=3)
-    meta = {"dim": vectors.shape[1], "index_dim": index_vectors.shape[1], "metric": "angular", "n_trees": 10,
-            "search_k": -1, "seed": 3, "projection": "projection.npz" if projection is not None else None}
+    meta = {
+        "dim": vectors.shape[1],
+        "index_dim": index_vectors.shape[1],
+        "metric": "angular",
+        "n_trees": 10,
+        "search_k": -1,
+        "seed": 3,
+        "projection": "projection.npz" if projection is not None else None,
+    }
     return write_index_dir(tmp_path / name, vectors, index, items, meta, projection)
 
 
@@ -90,8 +101,9 @@ def test_unknown_backend_is_a_clear_error(tmp_path):
     with pytest.raises(FashionOpsError, match="unknown ANN backend 'faiss'"):
         IndexSearcher.load(out)
     with pytest.raises(FashionOpsError, match="unknown ANN backend 'faiss'"):  # nor written under that name
-        write_index_dir(tmp_path / "other", x, ANNOY.build(x, "angular", 2), _items(50), {**meta, "backend": "faiss"},
-                        None)
+        write_index_dir(
+            tmp_path / "other", x, ANNOY.build(x, "angular", 2), _items(50), {**meta, "backend": "faiss"}, None
+        )
     assert not (tmp_path / "other").exists()
 
 
@@ -129,12 +141,15 @@ def test_tuning_adds_trees_when_search_k_is_capped():
     assert {t["n_trees"] for t in res.trials} >= {1, 2}
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((0, 8), dtype=np.float32), "empty"),
-    (np.ones(8, dtype=np.float32), "2-D"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]], dtype=np.float32), "NaN"),
-    (np.array([["a", "b"]]), "numbers"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((0, 8), dtype=np.float32), "empty"),
+        (np.ones(8, dtype=np.float32), "2-D"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]], dtype=np.float32), "NaN"),
+        (np.array([["a", "b"]]), "numbers"),
+    ],
+)
 def test_bad_vectors_are_rejected(tmp_path, bad, message):
     with pytest.raises(DataError, match=message):
         ANNOY.build(bad).save(tmp_path / "index.ann")
@@ -199,8 +214,13 @@ def test_index_stage_outputs(tiny_pipeline):
     assert emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     assert meta["dim"] == emb.shape[1] and meta["tuned_recall"] >= p.index.recall_target
     m = json.loads((rep / "summary.json").read_text())  # every measurement and the tuned settings
-    for key in ("precision_at_10_article_type", "map_at_10_article_type", "precision_at_10_subcategory",
-                "ann_recall_at_10", "duplicate_first_fraction"):
+    for key in (
+        "precision_at_10_article_type",
+        "map_at_10_article_type",
+        "precision_at_10_subcategory",
+        "ann_recall_at_10",
+        "duplicate_first_fraction",
+    ):
         assert m[key] is None or 0.0 <= m[key] <= 1.0, key
     assert m["ann_recall_at_10"] >= 0.9
     assert m["query_p50_ms"] > 0 and m["index_size_mb"] > 0 and m["build_s"] > 0
@@ -212,8 +232,9 @@ def test_index_stage_outputs(tiny_pipeline):
     searcher = IndexSearcher.load(out)
     first = items.iloc[0]
     hits = searcher.search(emb[:1], k=3)[0]
-    assert hits[0]["distance"] < 1e-3 and (hits[0]["id"] == first["id"] or
-                                           items.set_index("id").loc[hits[0]["id"], "sha256"] == first["sha256"])
+    assert hits[0]["distance"] < 1e-3 and (
+        hits[0]["id"] == first["id"] or items.set_index("id").loc[hits[0]["id"], "sha256"] == first["sha256"]
+    )
 
 
 def test_search_cli_prints_json(tiny_pipeline, tmp_path, capsys):

@@ -11,11 +11,11 @@ from torch import nn
 
 from fashionops.config import TrainConfig
 from fashionops.errors import DataError, FashionOpsError
+from fashionops.inference.preprocess import preprocess_batch
 from fashionops.models import build_model, load_model, model_spec, save_model
-from fashionops.models.spec import ModelSpec
 from fashionops.models.attention import CBAM, SpatialAttentionPool
 from fashionops.models.heads import build_head
-from fashionops.inference.preprocess import preprocess_batch
+from fashionops.models.spec import ModelSpec
 
 CLASSES = ["Tshirts", "Shirts", "Casual Shoes", "Watches"]
 
@@ -32,6 +32,7 @@ def batch(spec: ModelSpec, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 # --- attention and heads -------------------------------------------------------------------
+
 
 def test_cbam_keeps_shape_and_reweights():
     torch.manual_seed(0)
@@ -78,12 +79,30 @@ def test_heads(kind, loss_kind):
 
 # --- factory ---------------------------------------------------------------------------------
 
+
 def test_model_spec_contents_and_sizes():
     spec = spec_for()
     json.dumps(spec.to_dict())  # JSON-serialisable
-    for key in ("task", "backbone", "attention", "cbam_reduction", "cbam_kernel", "head", "head_hidden",
-                "dropout", "latent_dim", "num_classes", "classes", "label_column", "input_height",
-                "input_width", "mean", "std", "embedding_dim", "pretrained"):
+    for key in (
+        "task",
+        "backbone",
+        "attention",
+        "cbam_reduction",
+        "cbam_kernel",
+        "head",
+        "head_hidden",
+        "dropout",
+        "latent_dim",
+        "num_classes",
+        "classes",
+        "label_column",
+        "input_height",
+        "input_width",
+        "mean",
+        "std",
+        "embedding_dim",
+        "pretrained",
+    ):
         assert key in spec.to_dict()
     assert (spec.input_height, spec.input_width) == (80, 60)
     assert spec.num_classes == 4 and spec.classes == CLASSES

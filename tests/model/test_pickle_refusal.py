@@ -96,8 +96,12 @@ def write_crafted_last_ckpt(classifier_dir: Path, marker: Path) -> Path:
     last = classifier_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     torch.save(
-        {"epoch": 0, "state_dict": {}, "fashionops": {"train": TrainConfig().model_dump()},
-         "callbacks": {"x": WritesMarker(marker)}},
+        {
+            "epoch": 0,
+            "state_dict": {},
+            "fashionops": {"train": TrainConfig().model_dump()},
+            "callbacks": {"x": WritesMarker(marker)},
+        },
         last,
     )
     return last
@@ -121,16 +125,30 @@ def test_train_resume_cli_refuses_a_crafted_last_ckpt_in_one_line(tmp_path):
     marker = tmp_path / "marker"
     classifier_dir = tmp_path / "models" / "classifier"
     last = write_crafted_last_ckpt(classifier_dir, marker)
-    cmd = [sys.executable, "-m", "fashionops.cli", "train", "--resume", "--params", str(REPO / "params.yaml"),
-           "--set", f"paths.classifier_dir={classifier_dir}", "--set", f"paths.reports_dir={tmp_path / 'reports'}",
-           "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashionops.cli",
+        "train",
+        "--resume",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--set",
+        f"paths.classifier_dir={classifier_dir}",
+        "--set",
+        f"paths.reports_dir={tmp_path / 'reports'}",
+        "--set",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert not marker.exists(), "the crafted checkpoint's code ran"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: --resume: {last} {PLAIN_ONLY}; it references exec; "
-                      "refusing to unpickle it; train again without --resume"], proc.stderr[-2000:]
+    assert errors == [
+        f"error: --resume: {last} {PLAIN_ONLY}; it references exec; "
+        "refusing to unpickle it; train again without --resume"
+    ], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 

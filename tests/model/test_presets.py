@@ -13,12 +13,27 @@ from fashionops.models import build_model, model_spec
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = {
-    "nasnetalarge", "efficientnetv2_m", "vgg19", "vit_b16_sa", "densenet201", "xception",
-    "inception_v3", "resnet50_autoencoder",
+    "nasnetalarge",
+    "efficientnetv2_m",
+    "vgg19",
+    "vit_b16_sa",
+    "densenet201",
+    "xception",
+    "inception_v3",
+    "resnet50_autoencoder",
 }
 LIGHT = {
-    "default", "gpu", "alexnet", "alexnet_shallow", "alexnet_deep", "alexnet_svm", "alexnet_cbam",
-    "resnet18_cbam", "resnet50", "small_cnn", "conv_autoencoder",
+    "default",
+    "gpu",
+    "alexnet",
+    "alexnet_shallow",
+    "alexnet_deep",
+    "alexnet_svm",
+    "alexnet_cbam",
+    "resnet18_cbam",
+    "resnet50",
+    "small_cnn",
+    "conv_autoencoder",
 }
 
 
@@ -46,7 +61,13 @@ def test_published_hyperparameters():
     for name in ("efficientnetv2_m", "nasnetalarge", "resnet50", "xception", "inception_v3", "densenet201"):
         t = p[name].train
         assert (t.optimizer, t.scheduler, t.lr, t.label_smoothing, t.dropout, t.early_stopping_patience) == (
-            "adamw", "cosine", 1e-4, 0.1, 0.3, 6), name
+            "adamw",
+            "cosine",
+            1e-4,
+            0.1,
+            0.3,
+            6,
+        ), name
     assert (p["nasnetalarge"].train.input_height, p["inception_v3"].train.input_height) == (331, 299)
     assert (p["small_cnn"].train.input_height, p["small_cnn"].train.input_width) == (60, 60)
     assert len(p["small_cnn"].prepare.include) == 6

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fashionops.models.spec import ModelSpec
-
 from fashionops.config import TrainConfig
 from fashionops.errors import FashionOpsError
+from fashionops.inference.preprocess import preprocess_batch
 from fashionops.models import build_model, model_spec, save_model
 from fashionops.models.pretrained import LITE0_MEAN, LITE0_STD, load_file, load_packaged, map_packaged_state_dict
-from fashionops.inference.preprocess import preprocess_batch
+from fashionops.models.spec import ModelSpec
 
 CLASSES = ["a", "b", "c"]
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -37,8 +36,7 @@ def test_packaged_lite_weights_classify_chelsea_as_a_cat(name, backbone, tensors
     report = load_packaged(model, name)
     assert report.matched == tensors and not report.missing
     model.eval()
-    spec = ModelSpec(backbone=backbone, input_height=size, input_width=size,
-                     mean=list(LITE0_MEAN), std=list(LITE0_STD))
+    spec = ModelSpec(backbone=backbone, input_height=size, input_width=size, mean=list(LITE0_MEAN), std=list(LITE0_STD))
     x = preprocess_batch([data.chelsea()], spec)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
@@ -61,7 +59,11 @@ def test_default_spec_loads_lite0_onto_the_backbone():
     assert spec.pretrained == "efficientnet_lite0"
     model = build_model(spec)
     assert model.pretrained_report == {
-        "source": "efficientnet_lite0", "matched": 294, "missing": 0, "unexpected": 0, "mismatched": 0,
+        "source": "efficientnet_lite0",
+        "matched": 294,
+        "missing": 0,
+        "unexpected": 0,
+        "mismatched": 0,
     }  # 296 minus the 1000-class classifier weight and bias
     random = build_model(spec, pretrained="none")
     assert random.pretrained_report is None
@@ -84,8 +86,11 @@ def test_file_checkpoint_round_trip(tmp_path):
     # A Lightning-style checkpoint: wrapped keys plus non-tensor entries.
     ckpt = tmp_path / "last.ckpt"
     torch.save(
-        {"state_dict": {f"model.backbone.model.{k}": v for k, v in backbone_state.items()},
-         "epoch": 3, "hyper_parameters": {"lr": 1e-3}},
+        {
+            "state_dict": {f"model.backbone.model.{k}": v for k, v in backbone_state.items()},
+            "epoch": 3,
+            "hyper_parameters": {"lr": 1e-3},
+        },
         ckpt,
     )
     target = build_model(lite0_spec(), pretrained=f"file:{ckpt}")
@@ -156,8 +161,12 @@ def test_file_vit_checkpoint_at_224_loads_onto_smaller_input(tmp_path):
     full = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
     path = tmp_path / "vit224.pth"
     torch.save(full.state_dict(), path)
-    spec = model_spec(TrainConfig(backbone="vit_tiny_patch16_224", attention="spatial", pretrained="none"),
-                      CLASSES, "masterCategory", (64, 48))
+    spec = model_spec(
+        TrainConfig(backbone="vit_tiny_patch16_224", attention="spatial", pretrained="none"),
+        CLASSES,
+        "masterCategory",
+        (64, 48),
+    )
     model = build_model(spec, pretrained=f"file:{path}")
     report = model.pretrained_report
     # pos_embed (1, 197, C) is resampled to the 4x3 grid (1, 13, C) instead of being dropped.

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from benchmarks.vectors import clustered_vectors, densified_vectors
 
+from benchmarks.vectors import clustered_vectors, densified_vectors
 from fashionops.errors import DataError
 from fashionops.inference.predictor import Predictor
 from fashionops.models.spec import ModelSpec
@@ -57,17 +57,42 @@ def _rerank_index(tmp_path: Path, n: int = 400, dup: bool = True) -> tuple[Path,
     if dup:  # item 7 (Heels) is a byte-identical copy of item 2 (Watches)
         x[7] = x[2]
         sha[7] = sha[2]
-    items = pd.DataFrame({"annoy_idx": np.arange(n), "id": np.arange(n) + 100,
-                          "productDisplayName": [f"item {i}" for i in range(n)], "masterCategory": "Apparel",
-                          "subCategory": "Topwear", "articleType": labels, "sha256": sha})
+    items = pd.DataFrame(
+        {
+            "annoy_idx": np.arange(n),
+            "id": np.arange(n) + 100,
+            "productDisplayName": [f"item {i}" for i in range(n)],
+            "masterCategory": "Apparel",
+            "subCategory": "Topwear",
+            "articleType": labels,
+            "sha256": sha,
+        }
+    )
     probs = np.full((n, 4), 0.01, dtype=np.float32)
     probs[np.arange(n), np.arange(n) % 4] = 0.97  # a confident, correct classifier
-    rerank = {"kind": "category", "candidates": 30, "weight": 1.0, "knn_weight": 0.5, "knn_neighbours": 10,
-              "label_column": "articleType", "classes": TYPES}
-    meta = {"dim": 32, "index_dim": 32, "metric": "angular", "n_trees": 10, "search_k": -1, "seed": 1,
-            "projection": None, "flip_tta": True, "rerank": rerank}
-    out = write_index_dir(tmp_path / "idx", x, get_backend("annoy").build(x, "angular", 10, seed=1), items, meta,
-                          None, probs)
+    rerank = {
+        "kind": "category",
+        "candidates": 30,
+        "weight": 1.0,
+        "knn_weight": 0.5,
+        "knn_neighbours": 10,
+        "label_column": "articleType",
+        "classes": TYPES,
+    }
+    meta = {
+        "dim": 32,
+        "index_dim": 32,
+        "metric": "angular",
+        "n_trees": 10,
+        "search_k": -1,
+        "seed": 1,
+        "projection": None,
+        "flip_tta": True,
+        "rerank": rerank,
+    }
+    out = write_index_dir(
+        tmp_path / "idx", x, get_backend("annoy").build(x, "angular", 10, seed=1), items, meta, None, probs
+    )
     return out, x, probs
 
 
@@ -144,9 +169,11 @@ def test_encode_with_mirror_image_and_probabilities():
     assert plain.class_probs is None and both.class_probs.shape == (5, 3)
     # softmax of the mean of both logits
     with torch.no_grad():
+
         def logits(a: np.ndarray) -> torch.Tensor:
             x = torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
             return model.embed_with_logits(x)[1]
+
         want = torch.softmax((logits(images) + logits(mirror)) / 2, 1).numpy()
     np.testing.assert_allclose(both.class_probs, want, atol=1e-5)
     # a model without a head (an autoencoder) gives no probabilities
@@ -162,13 +189,22 @@ def test_classifier_mirror_tta_is_the_mean_of_both_logits_eager_and_traced():
     images = np.random.default_rng(1).integers(0, 256, size=(5, 8, 6, 3), dtype=np.uint8)
     mirror = images[:, :, ::-1].copy()
     model = _ForwardClassifier().eval()
-    plain = ModelSpec(backbone="test", input_height=8, input_width=6, mean=[0.5] * 3, std=[0.5] * 3,
-                      classes=["a", "b", "c"], num_classes=3)
+    plain = ModelSpec(
+        backbone="test",
+        input_height=8,
+        input_width=6,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        classes=["a", "b", "c"],
+        num_classes=3,
+    )
     tta = plain.model_copy(update={"flip_tta": True})
     with torch.no_grad():
+
         def logits(a: np.ndarray) -> torch.Tensor:
             x = torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
             return model(x)
+
         want = torch.softmax((logits(images) + logits(mirror)) / 2, 1).numpy()
     predictor = Predictor(model, tta)
     np.testing.assert_allclose(predictor.predict_proba(images, batch_size=2), want, atol=1e-5)

@@ -531,3 +531,99 @@ def test_compile_trains_through_the_compiled_module_and_saves_its_plain_weights(
     assert saved and not any("_orig_mod" in key for key in saved)
     ckpt = load_weights_only(Path(params.paths.classifier_dir) / "checkpoints" / "best.ckpt", "test")
     assert not any("_orig_mod" in key for key in ckpt["state_dict"])
+
+
+def test_mixup_blends_each_image_with_its_partner_and_cutmix_pastes_a_box_of_its_area():
+    from fashionops.config import AugmentConfig
+    from fashionops.training.mixing import mix_batch, mixing_enabled
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 16, 12)
+    assert mix_batch(x, AugmentConfig()) is None and not mixing_enabled(AugmentConfig())
+    assert mix_batch(x, AugmentConfig(mixup_alpha=0.2, mix_prob=0.0)) is None
+    assert mix_batch(x[:1], AugmentConfig(mixup_alpha=0.2)) is None  # nothing to pair with
+
+    mixed = mix_batch(x, AugmentConfig(mixup_alpha=0.4))
+    assert mixed is not None and mixed.mode == "mixup" and 0.0 < mixed.lam < 1.0
+    assert mixed.partner.tolist() == [4, 3, 2, 1, 0]
+    torch.testing.assert_close(mixed.images, mixed.lam * x + (1 - mixed.lam) * x[mixed.partner])
+
+    for _ in range(20):  # every box size and position, clipped at the borders
+        cut = mix_batch(x, AugmentConfig(cutmix_alpha=1.0))
+        assert cut is not None and cut.mode == "cutmix"
+        from_partner = (cut.images == x[cut.partner]) & (cut.images != x)
+        own = cut.images == x
+        assert bool((own | from_partner).all())
+        pasted = from_partner[0, 0].float().mean().item()  # image 0's partner is image 4: all differ
+        assert cut.lam == pytest.approx(1.0 - pasted)
+        # one box for the whole batch (image 2, the middle one, is its own partner: nothing changes)
+        assert bool((from_partner[[0, 1, 3, 4]] == from_partner[0, 0]).all()) and not bool(from_partner[2].any())
+
+    modes = {mix_batch(x, AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0)).mode for _ in range(30)}
+    assert modes == {"mixup", "cutmix"}
+    drawn = [mix_batch(x, AugmentConfig(mixup_alpha=0.2, mix_prob=0.5)) is not None for _ in range(200)]
+    assert 60 < sum(drawn) < 140
+
+
+def test_a_mixed_training_step_weights_both_labels_losses_and_mixing_refuses_an_autoencoder():
+    from fashionops.config import AugmentConfig, TrainConfig
+    from fashionops.errors import FashionOpsError
+    from fashionops.models.factory import build_model, model_spec
+    from fashionops.training.lit_module import FashionLitModule
+
+    classes = [f"c{i}" for i in range(4)]
+    cfg = TrainConfig(
+        backbone="small_cnn", pretrained="none", label_smoothing=0.1, augment=AugmentConfig(mixup_alpha=0.4)
+    )
+    spec = model_spec(cfg, classes, "articleType", (48, 36))
+    lit = FashionLitModule(build_model(spec), spec, cfg)
+    lit.eval()  # no dropout: the step's output can be recomputed
+    x, y = torch.randn(4, 3, 48, 36), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(3)
+    loss = lit.training_step((x, y), 0)
+    torch.manual_seed(3)
+    from fashionops.training.mixing import mix_batch
+
+    mixed = mix_batch(x, cfg.augment)
+    out = lit.model(mixed.images)
+    expected = mixed.lam * F.cross_entropy(out, y, label_smoothing=0.1) + (1 - mixed.lam) * F.cross_entropy(
+        out, y.flip(0), label_smoothing=0.1
+    )
+    torch.testing.assert_close(loss, expected)
+    plain = FashionLitModule(build_model(spec), spec, TrainConfig(backbone="small_cnn", pretrained="none"))
+    assert not plain.mixing
+
+    ae_cfg = TrainConfig(
+        task="autoencoder",
+        backbone="conv_autoencoder",
+        pretrained="none",
+        loss="mse",
+        augment=AugmentConfig(cutmix_alpha=1.0),
+    )
+    ae_spec = model_spec(ae_cfg, classes, "articleType", (48, 36))
+    with pytest.raises(FashionOpsError, match=r"train\.augment\.mixup_alpha/cutmix_alpha: .*single-label classifier"):
+        FashionLitModule(build_model(ae_spec), ae_spec, ae_cfg)
+
+
+def test_mixup_and_cutmix_train_the_stage(tmp_path, prepared, mlflow_db, monkeypatch):
+    import fashionops.training.lit_module as lit_module
+
+    modes: list[str] = []
+
+    def counted(images, augment):
+        mixed = mix_batch(images, augment)
+        modes.append(mixed.mode if mixed is not None else "none")
+        return mixed
+
+    mix_batch = lit_module.mix_batch
+    monkeypatch.setattr(lit_module, "mix_batch", counted)
+    params = train_params(
+        tmp_path,
+        prepared,
+        mlflow_db,
+        ["train.epochs=2", "train.augment.mixup_alpha=0.2", "train.augment.cutmix_alpha=1.0"],
+    )
+    result = train(params)
+    assert len(modes) == 6 and set(modes) <= {"mixup", "cutmix"}  # every training batch (3 per epoch)
+    assert result["epochs_run"] == 2 and math.isfinite(result["best_val_loss"])
+    assert (Path(params.paths.classifier_dir) / "weights.pt").is_file()

@@ -43,17 +43,24 @@ def _params(work: Path, prepared: Path, extra: list[str]):
 def _train(params) -> dict:
     from fashionops.training.stage import run_train
 
-    return run_train(params.train, params.paths, params.tracking, balance=params.prepare.balance,
-                     run_config=params.flat())
+    return run_train(
+        params.train, params.paths, params.tracking, balance=params.prepare.balance, run_config=params.flat()
+    )
 
 
 def _cli(params, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
-    for item in TINY + extra + [
-        f"paths.prepared_dir={params.paths.prepared_dir}", f"paths.classifier_dir={params.paths.classifier_dir}",
-        f"paths.reports_dir={params.paths.reports_dir}", f"tracking.tracking_uri={params.tracking.tracking_uri}",
-        f"tracking.artifact_location={params.tracking.artifact_location}",
-    ]:
+    for item in (
+        TINY
+        + extra
+        + [
+            f"paths.prepared_dir={params.paths.prepared_dir}",
+            f"paths.classifier_dir={params.paths.classifier_dir}",
+            f"paths.reports_dir={params.paths.reports_dir}",
+            f"tracking.tracking_uri={params.tracking.tracking_uri}",
+            f"tracking.artifact_location={params.tracking.artifact_location}",
+        ]
+    ):
         cmd += ["--set", item]
     return cmd
 
@@ -67,8 +74,14 @@ def _start_and_signal(params, sig: int, ready) -> tuple[subprocess.CompletedProc
     (the finished process, the new run's id)."""
     before = set(mlflow_runs(params))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen(_cli(params, LONG), cwd=Path(params.paths.reports_dir).parent, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(params, LONG),
+        cwd=Path(params.paths.reports_dir).parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         new: list[str] = []

@@ -85,16 +85,21 @@ def mlflow_client(ws: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def catalogue_subset(src: Path, dest: Path, per_class: int = 30, classes: int = 10,
-                     label: str = "articleType", seed: int = 0) -> Path:
+def catalogue_subset(
+    src: Path, dest: Path, per_class: int = 30, classes: int = 10, label: str = "articleType", seed: int = 0
+) -> Path:
     """A real subset of the catalogue: ``per_class`` images of each of the ``classes`` largest
     classes (styles.csv rows as they are, every column kept)."""
     import pandas as pd
 
     styles = pd.read_csv(src / "styles.csv")
     top = styles[label].value_counts().index[:classes]
-    rows = pd.concat([styles[styles[label] == c].sample(n=min(per_class, int((styles[label] == c).sum())),
-                                                         random_state=seed) for c in top])
+    rows = pd.concat(
+        [
+            styles[styles[label] == c].sample(n=min(per_class, int((styles[label] == c).sum())), random_state=seed)
+            for c in top
+        ]
+    )
     (dest / "images").mkdir(parents=True, exist_ok=True)
     for image_id in rows["id"]:
         shutil.copyfile(src / "images" / f"{image_id}.jpg", dest / "images" / f"{image_id}.jpg")

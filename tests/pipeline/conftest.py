@@ -46,7 +46,13 @@ def trained_workspace(tmp_path_factory, catalogue_300, prefect_api, flow_modules
     Read-only for tests: copy it (``copy_workspace``) to change it."""
     training_pipeline = flow_modules[0].training_pipeline
     ws = make_workspace(tmp_path_factory.mktemp("flow") / "ws")
-    state = training_pipeline(workspace=str(ws), source=str(catalogue_300), experiment="e2e-first",
-                              lock_timeout_s=60, return_state=True, **TINY)
+    state = training_pipeline(
+        workspace=str(ws),
+        source=str(catalogue_300),
+        experiment="e2e-first",
+        lock_timeout_s=60,
+        return_state=True,
+        **TINY,
+    )
     assert state.is_completed(), f"training-pipeline flow failed: {state.message}"
     return ws, state.result()

@@ -107,7 +107,9 @@ def test_answers_name_the_model_and_health_keeps_its_metrics(client, champion, c
         # ("metric" is the index's distance, a setting: angular, euclidean, ...)
         assert "metrics" not in model and not any(isinstance(v, (dict, list)) for v in model.values()), model
         assert (model["name"], str(model["version"])) == (
-            client.manifest[role]["name"], client.manifest[role]["version"])
+            client.manifest[role]["name"],
+            client.manifest[role]["version"],
+        )
     assert len(json.dumps(classified)) < 2000  # a label and a few numbers, not a model card
 
 

@@ -117,9 +117,22 @@ def kaggle_scored(scoring_params, kaggle_drop, tmp_path_factory):
     _, params_file, _ = scoring_params
     out = tmp_path_factory.mktemp("kaggle_out") / "drop.parquet"
     proc = subprocess.run(
-        [sys.executable, "-m", "fashionops.cli", "score", "--params", str(params_file),
-         "--data", str(kaggle_drop[0]), "--out", str(out)],
-        capture_output=True, text=True, env=_env(), timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fashionops.cli",
+            "score",
+            "--params",
+            str(params_file),
+            "--data",
+            str(kaggle_drop[0]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout), pq.read_table(out), out, proc.stderr
@@ -256,8 +269,9 @@ def scoring_flow():
 
 
 @pytest.mark.slow
-def test_batch_scoring_flow_on_the_prefect_harness(prefect_api, scoring_flow, scoring_params, folder_drop, tmp_path,
-                                                   monkeypatch):
+def test_batch_scoring_flow_on_the_prefect_harness(
+    prefect_api, scoring_flow, scoring_params, folder_drop, tmp_path, monkeypatch
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -299,7 +313,6 @@ def test_batch_scoring_deployment_form(prefect_api, scoring_flow):
     assert props["top_k"]["type"] == "integer" and props["top_k"]["minimum"] == 1
     assert props["alias"]["default"] == "champion" and props["record"]["type"] == "boolean"
     assert all(prop.get("description") for prop in props.values())
-
 
 
 def test_multi_attribute_model_scores_every_attribute(tiny_pipeline, shared_styles, folder_drop, tmp_path):

@@ -62,8 +62,12 @@ def test_exp_run_with_a_train_param_reruns_train_and_what_follows(trained_worksp
         assert lock_after[stage]["outs"] == lock_before[stage]["outs"]
     assert lock_after["train"]["params"]["params.yaml"]["train"]["seed"] == 7
     exps = json.loads(dvc("exp", "show", "--json", cwd=ws).stdout)
-    found = [e for entry in exps for e in (entry.get("experiments") or [])
-             if any(r.get("name") == "seed-7" for r in e.get("revs", []))]
+    found = [
+        e
+        for entry in exps
+        for e in (entry.get("experiments") or [])
+        if any(r.get("name") == "seed-7" for r in e.get("revs", []))
+    ]
     assert found, json.dumps(exps)[:2000]
     rev = [r for r in found[0]["revs"] if r.get("name") == "seed-7"][0]
     assert rev["data"]["params"]["params.yaml"]["data"]["train"]["seed"] == 7
@@ -81,7 +85,12 @@ def test_push_then_pull_in_a_fresh_clone_restores_outputs(trained_workspace, tmp
     run(["git", "clone", "-q", str(ws), str(clone)], cwd=tmp_path)
     assert not (clone / "models/classifier/weights.pt").exists()
     dvc("pull", cwd=clone)
-    for rel in ("data/raw/styles.csv", "data/prepared/images.npy", "data/validated/image_facts.parquet",
-                "models/classifier/weights.pt", "models/index/index.ann"):
+    for rel in (
+        "data/raw/styles.csv",
+        "data/prepared/images.npy",
+        "data/validated/image_facts.parquet",
+        "models/classifier/weights.pt",
+        "models/index/index.ann",
+    ):
         assert _md5(clone / rel) == _md5(ws / rel), rel
     assert "didn't change" in dvc("repro", "--dry", "train", cwd=clone).stdout

@@ -48,7 +48,11 @@ def test_form_has_real_types_defaults_from_params_yaml_and_config_bounds(flow_mo
         value = _file_value(params, parameter.key)
         assert props[name]["default"] == (parameter.null if value is None else value), name
     assert {name: props[name]["type"] for name in ("epochs", "promote", "backbone", "overrides")} == {
-        "epochs": "integer", "promote": "boolean", "backbone": "string", "overrides": "array"}
+        "epochs": "integer",
+        "promote": "boolean",
+        "backbone": "string",
+        "overrides": "array",
+    }
     # choices: config.py's Literals and the shipped presets
     assert tuple(props["label"]["enum"]) == get_args(PrepareConfig.model_fields["label"].annotation)
     assert tuple(props["balance"]["enum"]) == get_args(PrepareConfig.model_fields["balance"].annotation)
@@ -169,8 +173,9 @@ def _experiments(ws) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_run_that_changes_nothing_saves_no_experiment_and_registers_nothing(trained_workspace, tmp_path,
-                                                                             flow_modules):
+def test_a_run_that_changes_nothing_saves_no_experiment_and_registers_nothing(
+    trained_workspace, tmp_path, flow_modules
+):
     """The trained workspace again, with no parameter given (as `make run` does): params.yaml is not
     written, every stage is skipped, no DVC experiment is saved, no registration is published."""
     from test_flows import _flow_artifacts

@@ -28,18 +28,29 @@ def test_apply_overrides_writes_params_keeping_comments(tmp_path):
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_text()
     old = yaml.safe_load(before)
-    new = {"prepare.label": "subCategory", "train.epochs": old["train"]["epochs"] + 1,
-           "register.promote": not old["register"]["promote"], "data.limit": 500,
-           "train.lr": old["train"]["lr"] / 2}
-    changed = apply_overrides(tmp_path, flow_overrides(
-        label=new["prepare.label"], epochs=new["train.epochs"], promote=new["register.promote"],
-        data_limit=new["data.limit"], extra=[f"train.lr={new['train.lr']}"]))
+    new = {
+        "prepare.label": "subCategory",
+        "train.epochs": old["train"]["epochs"] + 1,
+        "register.promote": not old["register"]["promote"],
+        "data.limit": 500,
+        "train.lr": old["train"]["lr"] / 2,
+    }
+    changed = apply_overrides(
+        tmp_path,
+        flow_overrides(
+            label=new["prepare.label"],
+            epochs=new["train.epochs"],
+            promote=new["register.promote"],
+            data_limit=new["data.limit"],
+            extra=[f"train.lr={new['train.lr']}"],
+        ),
+    )
     assert changed == {key: [old[key.split(".")[0]][key.split(".")[1]], value] for key, value in new.items()}
     after = (tmp_path / "params.yaml").read_text()
     data = yaml.safe_load(after)
     assert all(data[key.split(".")[0]][key.split(".")[1]] == value for key, value in new.items())
     # comments and untouched lines survive; only the five values differ
-    comments = [ln[ln.index("#"):] for ln in before.splitlines() if "#" in ln]
+    comments = [ln[ln.index("#") :] for ln in before.splitlines() if "#" in ln]
     assert all(c in after for c in comments)
     diff = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
     assert len(before.splitlines()) == len(after.splitlines()) and len(diff) == 5, diff
@@ -58,19 +69,25 @@ def test_apply_overrides_rejects_unknown_key_and_writes_nothing(tmp_path):
 
 
 def test_failure_classification():
-    validation = ["Running stage 'validate':", "> fashionops validate",
-                  "error: 1 critical expectation(s) failed for data/raw (summary: s.json):",
-                  "  image_readable (image_facts): 1 unexpected; e.g. id 42 (truncated JPEG)",
-                  "ERROR: failed to reproduce 'validate': failed to run: fashionops validate, exited with 1"]
+    validation = [
+        "Running stage 'validate':",
+        "> fashionops validate",
+        "error: 1 critical expectation(s) failed for data/raw (summary: s.json):",
+        "  image_readable (image_facts): 1 unexpected; e.g. id 42 (truncated JPEG)",
+        "ERROR: failed to reproduce 'validate': failed to run: fashionops validate, exited with 1",
+    ]
     assert not classify_failure("validate", validation)
     assert error_message(validation).splitlines() == [
         "1 critical expectation(s) failed for data/raw (summary: s.json):",
-        "image_readable (image_facts): 1 unexpected; e.g. id 42 (truncated JPEG)"]
+        "image_readable (image_facts): 1 unexpected; e.g. id 42 (truncated JPEG)",
+    ]
     io_error = ["Traceback (most recent call last):", '  File "x.py", line 1', "OSError: [Errno 5] Input/output error"]
     assert classify_failure("prepare", io_error)
     assert error_message(io_error) == "OSError: [Errno 5] Input/output error"
-    tracking_down = ["mlflow.exceptions.MlflowException: API request to http://mlflow:5000/api/2.0/runs "
-                     "failed with exception HTTPConnectionPool: Max retries exceeded (Connection refused)"]
+    tracking_down = [
+        "mlflow.exceptions.MlflowException: API request to http://mlflow:5000/api/2.0/runs "
+        "failed with exception HTTPConnectionPool: Max retries exceeded (Connection refused)"
+    ]
     assert classify_failure("train", tracking_down)
     bad_param = ["error: invalid configuration in params.yaml:", "  train.epochs: unknown key"]
     assert not classify_failure("train", bad_param)
@@ -93,8 +110,13 @@ def test_refresh_command_lists_its_steps(capsys):
     """`fashionops refresh` is a real subcommand (the index-refresh flow runs its two steps)."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "fashionops.cli", "refresh", "--help"],
-                          capture_output=True, text=True, env=stage_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fashionops.cli", "refresh", "--help"],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "fetch-champion" in proc.stdout and "register-index" in proc.stdout
     for step, option in (("fetch-champion", "--dest"), ("register-index", "--classifier-version")):
@@ -117,8 +139,7 @@ def test_refresh_step_fails_with_the_commands_own_error(tmp_path):
     """`fashionops refresh fetch-champion` in a workspace whose registry has no champion."""
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     with pytest.raises(StageFailed, match="no @champion version of fashion-classifier") as failed:
-        run_refresh_step(["fetch-champion", "--dest", str(tmp_path / "embedder")], tmp_path,
-                         name="fetch-champion")
+        run_refresh_step(["fetch-champion", "--dest", str(tmp_path / "embedder")], tmp_path, name="fetch-champion")
     assert failed.value.stage == "fetch-champion" and failed.value.returncode == 1
     assert not failed.value.transient and not (tmp_path / "embedder").exists()
 
@@ -129,8 +150,15 @@ def _stage_workspace(root: Path, stages: dict[str, str]) -> Path:
     git("init", "-q", cwd=root)
     dvc("init", "-q", cwd=root)
     (root / "params.yaml").write_text("train: {epochs: 1}\n")
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        name: {"cmd": cmd, "outs": [{f"{name}.out": {"cache": False}}]} for name, cmd in stages.items()}}))
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    name: {"cmd": cmd, "outs": [{f"{name}.out": {"cache": False}}]} for name, cmd in stages.items()
+                }
+            }
+        )
+    )
     return root
 
 
@@ -141,13 +169,17 @@ def test_stage_task_retries_transient_failure_but_not_validation(tmp_path, prefe
 
     py = sys.executable
     # `train` fails once with an I/O error, then succeeds; `validate` always fails an expectation.
-    flaky = ("import pathlib,sys; p=pathlib.Path('attempts'); n=int(p.read_text()) if p.exists() else 0; "
-             "p.write_text(str(n+1)); "
-             "(n==0) and sys.exit('OSError: [Errno 5] Input/output error: data/raw/1.jpg'); "
-             "pathlib.Path('train.out').write_text('ok')")
-    failing = ("import pathlib,sys; p=pathlib.Path('vattempts'); "
-               "p.write_text(p.read_text()+'x' if p.exists() else 'x'); "
-               "sys.exit('error: 1 critical expectation(s) failed:\\n  image_readable: id 7 is truncated')")
+    flaky = (
+        "import pathlib,sys; p=pathlib.Path('attempts'); n=int(p.read_text()) if p.exists() else 0; "
+        "p.write_text(str(n+1)); "
+        "(n==0) and sys.exit('OSError: [Errno 5] Input/output error: data/raw/1.jpg'); "
+        "pathlib.Path('train.out').write_text('ok')"
+    )
+    failing = (
+        "import pathlib,sys; p=pathlib.Path('vattempts'); "
+        "p.write_text(p.read_text()+'x' if p.exists() else 'x'); "
+        "sys.exit('error: 1 critical expectation(s) failed:\\n  image_readable: id 7 is truncated')"
+    )
     ws = _stage_workspace(tmp_path / "ws", {"train": f'{py} -c "{flaky}"', "validate": f'{py} -c "{failing}"'})
     fast = stage_task.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
 
@@ -206,8 +238,20 @@ def test_flows_deploy_with_parameter_schema(prefect_api, flow_modules):
         dep = client.read_deployment(ids["test-training"])
         props = dep.parameter_openapi_schema["properties"]
         assert dep.name == "test-training" and dep.parameters == {"workspace": str(REPO)}
-        assert {"label", "min_images_per_class", "backbone", "preset", "epochs", "image_height", "image_width",
-                "balance", "promote", "data_limit", "overrides", "workspace"} <= set(props)
+        assert {
+            "label",
+            "min_images_per_class",
+            "backbone",
+            "preset",
+            "epochs",
+            "image_height",
+            "image_width",
+            "balance",
+            "promote",
+            "data_limit",
+            "overrides",
+            "workspace",
+        } <= set(props)
         assert "masterCategory" in json.dumps(props["label"]) and "articleType" in props["label"]["description"]
         assert "oversample" in json.dumps(props["balance"])
         assert "integer" in json.dumps(props["epochs"]) and props["epochs"]["description"]
@@ -234,8 +278,14 @@ def test_prefect_yaml_deploys_every_flow(prefect_api, tmp_path):
     with get_client(sync_client=True) as client:  # what `make ui` does: a local process pool
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path)}
-    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("training-pipeline/training-pipeline")
@@ -260,7 +310,8 @@ def _flow_artifacts(flow_run_id: str) -> dict[str, object]:
 
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {a.key: a for a in arts}
 
 
@@ -273,8 +324,13 @@ def test_training_flow_end_to_end(trained_workspace):
     # DVC: every stage locked, outputs present
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(STAGES)
-    for rel in ("data/prepared/images.npy", "models/classifier/weights.pt", "models/index/index.ann",
-                "reports/evaluate/metrics.json", "reports/register/result.json"):
+    for rel in (
+        "data/prepared/images.npy",
+        "models/classifier/weights.pt",
+        "models/index/index.ann",
+        "reports/evaluate/metrics.json",
+        "reports/register/result.json",
+    ):
         assert (ws / rel).is_file(), rel
     exps = json.dumps(json.loads(dvc("exp", "show", "--json", cwd=ws).stdout))
     assert "e2e-first" in exps
@@ -293,8 +349,14 @@ def test_training_flow_end_to_end(trained_workspace):
     assert summary["metrics"] and "test/macro_f1" in summary["metrics"]
     # Prefect artifacts of this flow run
     arts = _flow_artifacts(summary["flow_run_id"])
-    assert {"validation-summary", "evaluation-metrics", "per-class-metrics", "mlflow-run",
-            "registered-fashion-classifier", "registered-fashion-visual-search"} <= set(arts)
+    assert {
+        "validation-summary",
+        "evaluation-metrics",
+        "per-class-metrics",
+        "mlflow-run",
+        "registered-fashion-classifier",
+        "registered-fashion-visual-search",
+    } <= set(arts)
     assert summary["mlflow_run_id"] in arts["mlflow-run"].data
 
 

@@ -18,8 +18,21 @@ from _workspace import dvc, mlflow_client
 MAX_HEADLINE = 40
 GROUPS = {"validate", "data", "train", "test", "retrieval", "index"}
 # Settings and identifiers are params/outs, never metrics (whatever the stage's name for them).
-SETTING_WORDS = ("n_trees", "search_k", "recall_target", "dim", "seed", "fraction", "hnsw", "ef_", "workers",
-                 "batch_size", "queries", "run_id", "margin")
+SETTING_WORDS = (
+    "n_trees",
+    "search_k",
+    "recall_target",
+    "dim",
+    "seed",
+    "fraction",
+    "hnsw",
+    "ef_",
+    "workers",
+    "batch_size",
+    "queries",
+    "run_id",
+    "margin",
+)
 
 
 def _is_setting(name: str) -> bool:
@@ -39,8 +52,9 @@ def _declared_metrics(ws: Path) -> dict[str, dict]:
 def test_dvc_metrics_are_at_most_40_namespaced_scalars_and_no_settings(trained_workspace):
     ws, _ = trained_workspace
     files = _declared_metrics(ws)
-    assert sorted(files) == sorted(f"reports/{s}/metrics.json"
-                                   for s in ("validation", "prepare", "train", "evaluate", "index"))
+    assert sorted(files) == sorted(
+        f"reports/{s}/metrics.json" for s in ("validation", "prepare", "train", "evaluate", "index")
+    )
     names = []
     for path, values in files.items():
         for name, value in values.items():
@@ -51,9 +65,18 @@ def test_dvc_metrics_are_at_most_40_namespaced_scalars_and_no_settings(trained_w
             assert not _is_setting(name), (path, name)
             names.append(name)
     assert len(names) == len(set(names)) <= MAX_HEADLINE, names
-    assert {"validate/passed", "data/images", "train/best_val_macro_f1", "train/seconds", "test/accuracy",
-            "test/macro_f1", "test/macro_auprc", "retrieval/p_at_5", "index/recall_at_10",
-            "index/query_p50_ms"} <= set(names)
+    assert {
+        "validate/passed",
+        "data/images",
+        "train/best_val_macro_f1",
+        "train/seconds",
+        "test/accuracy",
+        "test/macro_f1",
+        "test/macro_auprc",
+        "retrieval/p_at_5",
+        "index/recall_at_10",
+        "index/query_p50_ms",
+    } <= set(names)
     assert files["reports/validation/metrics.json"]["validate/passed"] == 1
 
     # the full reports stay beside them as plain outputs (what the Prefect artifacts and benchmarks read)
@@ -78,8 +101,9 @@ def test_the_registered_run_logs_the_metrics_file_names_once_and_no_settings(tra
     # no metric twice under two names (index_ann_recall_at_10 beside ann_recall_at_10, test_ beside test/)
     flat = [name.replace("/", "_") for name in logged]
     assert len(flat) == len(set(flat)), sorted(logged)
-    prefixed = [(a, b) for a in logged for b in logged
-                if b != a and b.endswith("_" + a) and "/" not in b[: -len(a)]]  # index_x beside x
+    prefixed = [
+        (a, b) for a in logged for b in logged if b != a and b.endswith("_" + a) and "/" not in b[: -len(a)]
+    ]  # index_x beside x
     assert not prefixed, prefixed
     # the per-epoch curves keep one value per epoch
     epochs = len((ws / "reports/train/history.csv").read_text().splitlines()) - 1
@@ -119,13 +143,20 @@ def test_a_champion_registered_under_the_old_metric_names_is_compared_not_rescor
     idx_mv = client.get_model_version(iname, first["index"]["version"])
     assert cls_mv.tags["metric.test/macro_f1"] == str(m0) and "metric.test_macro_f1" not in cls_mv.tags
     # the same models re-registered as an old-style champion, better by 0.5 under the old tag name
-    legacy = client.create_model_version(cname, cls_mv.source, run_id=cls_mv.run_id,
-                                         tags={"split_fingerprint": first["split_fingerprint"],
-                                               "metric.test_macro_f1": str(m0 + 0.5)},
-                                         model_id=getattr(cls_mv, "model_id", None)).version
-    legacy_idx = client.create_model_version(iname, idx_mv.source, run_id=idx_mv.run_id,
-                                             tags={"classifier_version": str(legacy)},
-                                             model_id=getattr(idx_mv, "model_id", None)).version
+    legacy = client.create_model_version(
+        cname,
+        cls_mv.source,
+        run_id=cls_mv.run_id,
+        tags={"split_fingerprint": first["split_fingerprint"], "metric.test_macro_f1": str(m0 + 0.5)},
+        model_id=getattr(cls_mv, "model_id", None),
+    ).version
+    legacy_idx = client.create_model_version(
+        iname,
+        idx_mv.source,
+        run_id=idx_mv.run_id,
+        tags={"classifier_version": str(legacy)},
+        model_id=getattr(idx_mv, "model_id", None),
+    ).version
     client.set_model_version_tag(cname, legacy, "paired_index_version", str(legacy_idx))
     client.set_registered_model_alias(cname, "champion", legacy)
     client.set_registered_model_alias(iname, "champion", legacy_idx)

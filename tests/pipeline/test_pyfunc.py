@@ -36,7 +36,12 @@ def test_classifier_output_schema_and_metadata(logged):
     spec = ModelSpec.read(params.paths.classifier_dir)
     out = classifier.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}), params={"top_k": 4})
     assert list(out.columns) == [
-        "label", "probability", "top_labels", "top_probabilities", "probabilities", "attributes"
+        "label",
+        "probability",
+        "top_labels",
+        "top_probabilities",
+        "probabilities",
+        "attributes",
     ]
     assert len(out) == len(files)
     assert classifier.metadata.metadata["classes"] == spec.classes

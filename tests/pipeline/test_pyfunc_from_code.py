@@ -94,7 +94,12 @@ def test_registered_models_load_without_unpickling_and_predict(registered, monke
     frame = pd.DataFrame({"image": [f.read_bytes() for f in files]})
     labels = classifier.predict(frame, params={"top_k": 2})
     assert list(labels.columns) == [
-        "label", "probability", "top_labels", "top_probabilities", "probabilities", "attributes"
+        "label",
+        "probability",
+        "top_labels",
+        "top_probabilities",
+        "probabilities",
+        "attributes",
     ]
     assert all(len(row) == 2 for row in labels["top_labels"])
     hits = search.predict(frame, params={"top_k": 3})  # the classifier's name for it

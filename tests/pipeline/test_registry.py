@@ -63,8 +63,14 @@ def register(params, on_step=None):
     """The register stage as `fashionops register` calls it."""
     from fashionops.registry.register import run_register
 
-    return run_register(params.register, params.paths, params.tracking, embedder_dir=params.index.embedder_dir,
-                        run_config=params.flat(), on_step=on_step)
+    return run_register(
+        params.register,
+        params.paths,
+        params.tracking,
+        embedder_dir=params.index.embedder_dir,
+        run_config=params.flat(),
+        on_step=on_step,
+    )
 
 
 def aliases(params):
@@ -123,9 +129,11 @@ def test_better_candidate_moves_champion_on_both(registered, make_params):
     card = Path(client.download_artifacts(b["run_id"], "model_card.md", str(make_params.tmp))).read_text()
     spec = json.loads((Path(params.paths.classifier_dir) / "model_spec.json").read_text())
     assert card.startswith(f"# {CLS}\n")
-    assert (f"Classifier of `{params.prepare.label}` on Fashion Product Images (Small), {spec['backbone']} "
-            f"(pretrained: {params.train.pretrained}, attention: none, head: linear), {params.train.epochs} epoch(s), "
-            f"batch {params.train.batch_size}, lr {params.train.lr}, balance: {params.prepare.balance}.") in card
+    assert (
+        f"Classifier of `{params.prepare.label}` on Fashion Product Images (Small), {spec['backbone']} "
+        f"(pretrained: {params.train.pretrained}, attention: none, head: linear), {params.train.epochs} epoch(s), "
+        f"batch {params.train.batch_size}, lr {params.train.lr}, balance: {params.prepare.balance}."
+    ) in card
 
 
 def _result_path(result, make_params):
@@ -272,10 +280,15 @@ def test_pull_predict_and_deploy_smoke_in_fresh_process(registered, make_params,
     params_file = tmp_path / "params.yaml"
     params_file.write_text(dump_params(params))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file),
-                           "--images", *images], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file), "--images", *images],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
+    report = json.loads(proc.stdout[proc.stdout.index("\n{") + 1 :])
     # compare resolved paths: ../shared may be reached through a symlink
     assert [Path(r["file"]).resolve() for r in report["classifier"]] == [Path(i).resolve() for i in images]
     assert all(r["label"] in classes for r in report["classifier"])
@@ -292,8 +305,12 @@ def test_deploy_smoke_fails_without_champion(make_params, tmp_path):
     params.register.classifier_name = "no-such-model"
     params_file = tmp_path / "params.yaml"
     params_file.write_text(dump_params(params))
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file),
-                           "--n", "1"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file), "--n", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "FAILED" in proc.stderr
 
@@ -308,13 +325,17 @@ def test_run_tags_trace_code_data_and_orchestration(tmp_path, monkeypatch, make_
     params = make_params()
     params.paths.raw_dir, params.paths.prepared_dir = "data/raw", str(tmp_path / "data/prepared")
     sp.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    sp.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
-           cwd=tmp_path, check=True)
+    sp.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+        cwd=tmp_path,
+        check=True,
+    )
     (tmp_path / "data").mkdir()
     (tmp_path / "data/raw.dvc").write_text("outs:\n- md5: aaa111.dir\n  path: raw\n")
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  prepare:\n    cmd: fashionops prepare\n    outs:\n"
-        "    - path: data/prepared\n      md5: bbb222.dir\n")
+        "    - path: data/prepared\n      md5: bbb222.dir\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")
     monkeypatch.setenv("FASHIONOPS_FLOW_RUN_ID", "flow-run-123")

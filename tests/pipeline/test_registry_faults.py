@@ -55,8 +55,17 @@ def seed(tiny_pipeline, tmp_path_factory):
     cls_mv = client.get_model_version(p.register.classifier_name, res["classifier"]["version"])
     idx_mv = client.get_model_version(p.register.index_name, res["index"]["version"])
     metric = p.register.selection_metric
-    return SimpleNamespace(params=p, tmp=tmp, cls=cls_mv, idx=idx_mv, client=client, metric=metric,
-                           base=res["metrics"], m0=float(res["metrics"][metric]), fingerprint=res["split_fingerprint"])
+    return SimpleNamespace(
+        params=p,
+        tmp=tmp,
+        cls=cls_mv,
+        idx=idx_mv,
+        client=client,
+        metric=metric,
+        base=res["metrics"],
+        m0=float(res["metrics"][metric]),
+        fingerprint=res["split_fingerprint"],
+    )
 
 
 def make_case(seed):
@@ -70,11 +79,16 @@ def make_case(seed):
     client.create_registered_model(iname)
     for k, delta in ((1, -0.2), (2, -0.1)):
         tags = {"split_fingerprint": seed.fingerprint, f"metric.{seed.metric}": str(seed.m0 + delta)}
-        cv = client.create_model_version(cname, seed.cls.source, run_id=seed.cls.run_id, tags=tags,
-                                         model_id=getattr(seed.cls, "model_id", None)).version
-        iv = client.create_model_version(iname, seed.idx.source, run_id=seed.idx.run_id,
-                                         tags={"classifier_version": str(cv)},
-                                         model_id=getattr(seed.idx, "model_id", None)).version
+        cv = client.create_model_version(
+            cname, seed.cls.source, run_id=seed.cls.run_id, tags=tags, model_id=getattr(seed.cls, "model_id", None)
+        ).version
+        iv = client.create_model_version(
+            iname,
+            seed.idx.source,
+            run_id=seed.idx.run_id,
+            tags={"classifier_version": str(cv)},
+            model_id=getattr(seed.idx, "model_id", None),
+        ).version
         client.set_model_version_tag(cname, cv, "paired_index_version", str(iv))
         assert (str(cv), str(iv)) == (str(k), str(k))
     for alias, v in (("previous", "1"), ("champion", "2")):
@@ -110,8 +124,14 @@ def _env(fault: str | None = None, pause_file: Path | None = None) -> dict[str, 
 
 def fashionops(params_file: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     """A real `fashionops` process."""
-    return subprocess.run([sys.executable, "-m", "fashionops.cli", args[0], "--params", str(params_file), *args[1:]],
-                          capture_output=True, text=True, env=_env(fault), timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "fashionops.cli", args[0], "--params", str(params_file), *args[1:]],
+        capture_output=True,
+        text=True,
+        env=_env(fault),
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def case_params_file(case) -> Path:
@@ -173,9 +193,21 @@ NEW = {"champion": ("3", "3"), "previous": ("2", "2"), "challenger": None}
 
 def _kill_steps():
     fast = {"alias:{c}@champion", "committed"}
-    steps = ["logged", "registered-classifier", "registered", "locked", "compared", "journal",
-             "alias:{c}@previous", "alias:{i}@previous", "alias:{c}@champion", "alias:{i}@champion",
-             "aliases", "committed", "released"]
+    steps = [
+        "logged",
+        "registered-classifier",
+        "registered",
+        "locked",
+        "compared",
+        "journal",
+        "alias:{c}@previous",
+        "alias:{i}@previous",
+        "alias:{c}@champion",
+        "alias:{i}@champion",
+        "aliases",
+        "committed",
+        "released",
+    ]
     return [pytest.param(s, marks=() if s in fast else pytest.mark.slow, id=s) for s in steps]
 
 
@@ -211,8 +243,7 @@ def test_register_killed_at_each_step_leaves_pairs_and_rollback_reaches_last_goo
 def test_clean_register_after_a_kill_between_the_champion_aliases(seed):
     """The issue's case: killed after the classifier's @champion moved, before the index's."""
     case = make_case(seed)
-    proc = fashionops(candidate_params(seed, case, +0.1, "killed"), "register",
-                      fault=f"kill:alias:{case.cls}@champion")
+    proc = fashionops(candidate_params(seed, case, +0.1, "killed"), "register", fault=f"kill:alias:{case.cls}@champion")
     assert proc.returncode == -signal.SIGKILL
     assert raw_state(case)["champion"] == ("3", "2")  # the mix the registry holds for now...
     assert seen_by_loaders(case) == OLD  # ...is never what a loader gets
@@ -232,8 +263,7 @@ def test_a_loader_repairs_the_aliases_of_a_killed_register(seed, tmp_path):
     """A loader (here `fashionops pull`) after the kill rolls the dead holder's journal back first:
     the raw aliases are whole again without waiting for the next writer."""
     case = make_case(seed)
-    proc = fashionops(candidate_params(seed, case, +0.1, "killed"), "register",
-                      fault=f"kill:alias:{case.cls}@champion")
+    proc = fashionops(candidate_params(seed, case, +0.1, "killed"), "register", fault=f"kill:alias:{case.cls}@champion")
     assert proc.returncode == -signal.SIGKILL
     assert raw_state(case)["champion"] == ("3", "2")
     proc = fashionops(case_params_file(case), "pull", "--alias", "champion", "--dest", str(tmp_path / "pulled"))
@@ -249,8 +279,9 @@ def test_promote_killed_mid_move_then_rollback(seed):
     """promote gets the same protection; a rollback after a promote reaches the last good pair."""
     case = make_case(seed)
     params_file = case_params_file(case)
-    proc = fashionops(params_file, "promote", "--version", "1", "--reason", "r",
-                      fault=f"kill:alias:{case.cls}@champion")
+    proc = fashionops(
+        params_file, "promote", "--version", "1", "--reason", "r", fault=f"kill:alias:{case.cls}@champion"
+    )
     assert proc.returncode == -signal.SIGKILL
     assert seen_by_loaders(case) == OLD
     proc = fashionops(params_file, "promote", "--version", "1", "--reason", "reviewer")
@@ -275,8 +306,13 @@ def _wait_for(predicate, what: str, procs, timeout: float = 180.0) -> None:
 
 def _start(params_file: Path, log: Path, fault: str | None = None, pause: Path | None = None) -> subprocess.Popen:
     with log.open("w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "fashionops.cli", "register", "--params", str(params_file)],
-                                stdout=fh, stderr=subprocess.STDOUT, env=_env(fault, pause), cwd=REPO)
+        return subprocess.Popen(
+            [sys.executable, "-m", "fashionops.cli", "register", "--params", str(params_file)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=_env(fault, pause),
+            cwd=REPO,
+        )
 
 
 def _result(case, name: str) -> dict:
@@ -335,9 +371,15 @@ def test_two_racing_registers_serialise(seed, pause_at):
 def _fake_lock(case, *, host: str, pid: int, heartbeat: float, snapshot: dict | None, state: str) -> None:
     from fashionops.registry.transaction import lock_name
 
-    tags = {"holder.token": uuid.uuid4().hex, "holder.host": host, "holder.pid": str(pid),
-            "holder.command": "register", "holder.started_at": "then", "heartbeat": f"{heartbeat:.3f}",
-            "journal.state": state}
+    tags = {
+        "holder.token": uuid.uuid4().hex,
+        "holder.host": host,
+        "holder.pid": str(pid),
+        "holder.command": "register",
+        "holder.started_at": "then",
+        "heartbeat": f"{heartbeat:.3f}",
+        "journal.state": state,
+    }
     if snapshot is not None:
         tags["journal.aliases"] = json.dumps(snapshot)
     case.client.create_registered_model(lock_name(case.params.register), tags=tags)
@@ -347,8 +389,11 @@ def test_stale_lock_of_a_silent_host_is_rolled_back_by_the_next_writer(seed):
     from fashionops.registry.aliases import rollback
 
     case = make_case(seed)
-    snapshot = {f"{m}@{a}": v for m in (case.cls, case.idx) for a, v in
-                (("champion", "2"), ("previous", "1"), ("challenger", None))}
+    snapshot = {
+        f"{m}@{a}": v
+        for m in (case.cls, case.idx)
+        for a, v in (("champion", "2"), ("previous", "1"), ("challenger", None))
+    }
     _fake_lock(case, host="another-host", pid=1, heartbeat=time.time() - 7200, snapshot=snapshot, state="open")
     case.client.set_registered_model_alias(case.cls, "champion", "1")  # half a move by the dead holder
     assert seen_by_loaders(case) == OLD
@@ -381,8 +426,13 @@ def test_loaders_refuse_a_hand_made_unpaired_alias(seed, tmp_path, shared_catalo
     params_file = case_params_file(case)
     images = [str(p) for p in sorted((shared_catalogue / "images").glob("*.jpg"))[:1]]
 
-    smoke = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file),
-                            "--images", *images], capture_output=True, text=True, env=_env(), timeout=300)
+    smoke = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "deploy_smoke.py"), "--params", str(params_file), "--images", *images],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert smoke.returncode != 0
     assert "Traceback" not in smoke.stderr
     failed = [line for line in smoke.stderr.splitlines() if "FAILED" in line]

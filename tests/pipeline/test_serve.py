@@ -148,15 +148,18 @@ def test_items_and_images(client, serve_params, items):
     assert img.content == _image_file(serve_params, item_id).read_bytes()
 
 
-@pytest.mark.parametrize("path,codes", [
-    ("/items/999999999", {404}),
-    ("/items/999999999/image", {404}),
-    ("/items/-1/image", {404}),
-    ("/items/abc", {422}),
-    ("/items/..%2F..%2Fetc%2Fpasswd/image", {404, 422}),
-    ("/items/1.jpg/image", {422}),
-    ("/static/..%2F..%2Fserve.py", {404}),
-])
+@pytest.mark.parametrize(
+    "path,codes",
+    [
+        ("/items/999999999", {404}),
+        ("/items/999999999/image", {404}),
+        ("/items/-1/image", {404}),
+        ("/items/abc", {422}),
+        ("/items/..%2F..%2Fetc%2Fpasswd/image", {404, 422}),
+        ("/items/1.jpg/image", {422}),
+        ("/static/..%2F..%2Fserve.py", {404}),
+    ],
+)
 def test_unknown_items_and_paths_never_reach_the_filesystem(client, path, codes):
     r = client.get(path)
     assert r.status_code in codes, (path, r.status_code, r.text)
@@ -190,8 +193,12 @@ def test_bad_uploads_get_clear_4xx(client, serve_params, items):
             assert r.status_code == code, (endpoint, files["file"][0], r.status_code, r.text)
             assert text in r.json()["detail"], r.json()
     assert client.post("/classify", data={"k": "2"}).status_code == 422  # no file
-    assert client.post("/classify", files=_upload(_image_file(serve_params, int(items["id"].iloc[0]))),
-                       data={"k": "0"}).status_code == 422
+    assert (
+        client.post(
+            "/classify", files=_upload(_image_file(serve_params, int(items["id"].iloc[0]))), data={"k": "0"}
+        ).status_code
+        == 422
+    )
     assert client.post("/classify", content=b"raw", headers={"content-type": "text/plain"}).status_code == 415
     # still serving after all of that
     assert client.post("/classify", files={"file": ("ok.jpg", good, "image/jpeg")}).status_code == 200
@@ -213,11 +220,19 @@ def test_request_errors_keep_their_messages(client, serve_params, items):
         (dict(json={"item_id": item_id, "k": 0}), "/search", 422, "k must be between 1 and 50 (got 0)"),
         (dict(data={"item_id": "1.5"}), "/search", 422, "item_id must be an integer (got '1.5')"),
         (dict(json=[item_id]), "/search", 400, "JSON body must be an object"),
-        (dict(content=b"{nope", headers={"content-type": "application/json"}), "/search", 400,
-         "body is not valid JSON"),
+        (
+            dict(content=b"{nope", headers={"content-type": "application/json"}),
+            "/search",
+            400,
+            "body is not valid JSON",
+        ),
         (dict(content=b"x", headers={"content-type": "text/csv"}), "/search", 415, "unsupported content type"),
-        (dict(files=[("file", ("a.jpg", b"1", "image/jpeg")), ("file", ("b.jpg", b"2", "image/jpeg"))]),
-         "/search", 400, "Too many files"),
+        (
+            dict(files=[("file", ("a.jpg", b"1", "image/jpeg")), ("file", ("b.jpg", b"2", "image/jpeg"))]),
+            "/search",
+            400,
+            "Too many files",
+        ),
         (dict(data={}), "/search", 422, "nothing to search for"),
     ]
     for kwargs, endpoint, code, text in cases:
@@ -241,15 +256,40 @@ def test_responses_hold_exactly_the_keys_they_always_held(client, serve_params, 
     found = client.post("/search", files=photo).json()
     assert set(found) == {"query", "results", "model"}
     assert found["query"] == {"type": "upload", "filename": f"{int(items['id'].iloc[0])}.jpg"}
-    assert set(found["results"][0]) == {"id", "name", "masterCategory", "subCategory", "articleType", "gender",
-                                        "baseColour", "year", "image_url", "item_url", "distance"}
+    assert set(found["results"][0]) == {
+        "id",
+        "name",
+        "masterCategory",
+        "subCategory",
+        "articleType",
+        "gender",
+        "baseColour",
+        "year",
+        "image_url",
+        "item_url",
+        "distance",
+    }
     assert {"name", "version", "alias", "source", "dim", "metric"} <= set(found["model"])
     assert "path" not in found["model"]
     by_id = client.post("/search", json={"item_id": int(items["id"].iloc[0])}).json()
     assert set(by_id["query"]) == {"type", "item"}
     assert set(client.get("/health").json()) == {
-        "status", "source", "alias", "classifier", "index", "fingerprint", "loaded_at", "items", "classes",
-        "label_column", "jit", "reloads", "last_reload_error", "auth", "reload_poll_s"}
+        "status",
+        "source",
+        "alias",
+        "classifier",
+        "index",
+        "fingerprint",
+        "loaded_at",
+        "items",
+        "classes",
+        "label_column",
+        "jit",
+        "reloads",
+        "last_reload_error",
+        "auth",
+        "reload_poll_s",
+    }
 
 
 def test_upload_size_limit(serve_params, bundle, items):
@@ -341,7 +381,8 @@ def test_openapi_is_generated_from_the_request_and_response_models(client):
 
     assert response(classify, "200")["title"] == "ClassifyResponse"
     assert {"label", "probability", "top_labels", "top_probabilities", "model"} <= set(
-        response(classify, "200")["properties"])
+        response(classify, "200")["properties"]
+    )
     assert response(search, "200")["title"] == "SearchResponse"
     hit = _schema(spec, response(search, "200")["properties"]["results"]["items"])
     assert {"id", "name", "articleType", "image_url", "distance"} <= set(hit["properties"])
@@ -447,10 +488,14 @@ def test_pull_directory_source(tiny_pipeline, tmp_path, items):
     shutil.copytree(src.paths.classifier_dir, pull / "visual_search" / "artifacts" / "model_classifier")
     manifest = {
         "alias": "champion",
-        "classifier": {"name": "fashion-classifier", "version": "7", "run_id": "r1", "dir": "classifier",
-                       "tags": {}},
-        "index": {"name": "fashion-visual-search", "version": "3", "run_id": "r1", "dir": "visual_search",
-                  "tags": {"classifier_version": "7"}},
+        "classifier": {"name": "fashion-classifier", "version": "7", "run_id": "r1", "dir": "classifier", "tags": {}},
+        "index": {
+            "name": "fashion-visual-search",
+            "version": "3",
+            "run_id": "r1",
+            "dir": "visual_search",
+            "tags": {"classifier_version": "7"},
+        },
     }
     (pull / "manifest.json").write_text(json.dumps(manifest))
     images = Path(tiny_pipeline.paths.raw_dir) / "images"
@@ -495,10 +540,14 @@ def test_live_server_stops_oversized_streams_early(serve_params, bundle, items):
     with serve_in_thread(create_app(p, bundle=bundle)) as url:
         host, port = urlparse(url).hostname, urlparse(url).port
         sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n")
-        part = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
-                b"Content-Type: image/jpeg\r\n\r\n")
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+        )
+        part = (
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n"
+        )
         sent, chunk = 0, bytes(64 * 1024)
         try:
             sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
@@ -516,8 +565,10 @@ def test_live_server_stops_oversized_streams_early(serve_params, bundle, items):
         assert sent < total / 4, f"server let {sent} bytes through before refusing"
 
         sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(b"POST /search HTTP/1.1\r\nHost: test\r\nContent-Length: 500000000\r\n"
-                     b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n")
+        sock.sendall(
+            b"POST /search HTTP/1.1\r\nHost: test\r\nContent-Length: 500000000\r\n"
+            b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+        )
         response = _read_status(sock)
         sock.close()
         assert response.startswith(b"HTTP/1.1 413"), response[:200]
@@ -567,4 +618,3 @@ def test_registry_source_serves_champion_and_follows_promotion(tiny_pipeline, tm
         assert h2["index"]["version"] != h["index"]["version"]
         body = c.post("/classify", files=_upload(_image_file(p, int(items["id"].iloc[0])))).json()
         assert body["model"]["version"] == str(new_version) and body["model"]["alias"] == "champion"
-

@@ -110,8 +110,11 @@ def test_health_and_failed_reload_show_no_paths(served, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- hostile request edges
 def test_json_nested_deeply_is_a_clear_400(client):
-    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"item_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                 b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+    for body in (
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"item_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    ):
         r = client.post("/search", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["detail"] == "JSON body is nested too deeply", r.text
     assert client.get("/health").status_code == 200
@@ -153,8 +156,10 @@ def _png(width: int, height: int) -> bytes:
 def test_pixel_bombs_name_serve_max_pixels(client, served):
     limit = served[0].serve.max_pixels
     # 30000 x 30000 passes PIL's own bomb limit (refused while opening); 5000 x 1000 only ours
-    for name, data, pixels in (("huge.png", _png_header(30_000, 30_000), 900_000_000),
-                               ("bomb.png", _png(5000, 1000), 5_000_000)):
+    for name, data, pixels in (
+        ("huge.png", _png_header(30_000, 30_000), 900_000_000),
+        ("bomb.png", _png(5000, 1000), 5_000_000),
+    ):
         for endpoint in ("/classify", "/search"):
             r = client.post(endpoint, files={"file": (name, data, "image/png")})
             assert r.status_code == 413, (endpoint, name, r.text)
@@ -187,17 +192,21 @@ def test_slow_partial_bodies_get_408_and_lose_their_connection(served, item_ids)
     p, bundle = served
     p = p.model_copy(deep=True)
     p.serve.body_timeout_s = 1.0
-    head = (b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
-            b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n")
-    json_head = (b"POST /search HTTP/1.1\r\nHost: test\r\nContent-Length: 5000\r\n"
-                 b"Content-Type: application/json\r\n\r\n")
+    head = (
+        b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+    )
+    json_head = b"POST /search HTTP/1.1\r\nHost: test\r\nContent-Length: 5000\r\nContent-Type: application/json\r\n\r\n"
     with serve_in_thread(create_app(p, bundle=bundle)) as url:
         address = (urlparse(url).hostname, urlparse(url).port)
         stalled = []
         for i in range(6):
             sock = socket.create_connection(address, timeout=10)
-            sock.sendall((head + b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n")
-                         if i % 2 == 0 else json_head + b'{"item_id": ')
+            sock.sendall(
+                (head + b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n')
+                if i % 2 == 0
+                else json_head + b'{"item_id": '
+            )
             stalled.append(sock)
         trickler = socket.create_connection(address, timeout=10)
         trickler.sendall(json_head)
@@ -273,8 +282,18 @@ def _start_server(params, overrides: dict[str, str], env: dict[str, str], log: P
         "serve.torch_threads": "1",
         **overrides,
     }
-    cmd = [sys.executable, "-m", "fashionops.cli", "--log-level", "WARNING", "serve", "--params",
-           str(REPO / "params.yaml"), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashionops.cli",
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--port",
+        str(port),
+    ]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     with log.open("a") as err:
@@ -328,8 +347,15 @@ def test_reload_frees_the_old_traced_pair(served, tmp_path):
         growth = rss[20] - rss[2]
         print(f"RSS after 2 reloads {rss[2]:.0f} MB, after 20 {rss[20]:.0f} MB (+{growth:.0f} MB)")
         assert growth < 150, rss
-        assert httpx.post(f"{url}/search", json={"item_id": int(pd.read_parquet(
-            Path(p.paths.index_dir) / "items.parquet")["id"].iloc[0])}, headers=AUTH, timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                f"{url}/search",
+                json={"item_id": int(pd.read_parquet(Path(p.paths.index_dir) / "items.parquet")["id"].iloc[0])},
+                headers=AUTH,
+                timeout=30,
+            ).status_code
+            == 200
+        )
     finally:
         _stop(proc)
 

@@ -86,8 +86,11 @@ def test_the_mlflow_and_prefect_servers_take_the_stacks_options(compose, setting
     stack_db = {k for k, v in PrefectServer(settings).env().items() if v.startswith("postgresql+asyncpg://")}
     compose_db = {k for k, v in service(compose, "prefect-server")["environment"].items() if "postgresql" in str(v)}
     assert stack_db == compose_db and compose_db
-    assert all(str(v).endswith("@postgres:5432/prefect") for k, v in
-               service(compose, "prefect-server")["environment"].items() if k in compose_db)
+    assert all(
+        str(v).endswith("@postgres:5432/prefect")
+        for k, v in service(compose, "prefect-server")["environment"].items()
+        if k in compose_db
+    )
 
 
 def test_ports_are_the_stack_ports_on_127_0_0_1_only(compose, settings):
@@ -130,7 +133,15 @@ def test_readme_production_section_names_the_env_and_the_commands():
     section = readme[readme.index("## Production\n") :]
     section = section[: section.index("\n## ", 1)]
     assert [name for name in ENV_NAMES if name not in section] == []
-    for command in ("make stack", "source .stack/env", "prefect deployment run 'training-pipeline/training-pipeline'",
-                    f"dvc push -r {DVC_REMOTE}", f"dvc pull -r {DVC_REMOTE}", "make stack-down",
-                    "train.strategy=ddp", "train.devices=2", "docker compose up"):
+    for command in (
+        "make stack",
+        "source .stack/env",
+        "prefect deployment run 'training-pipeline/training-pipeline'",
+        f"dvc push -r {DVC_REMOTE}",
+        f"dvc pull -r {DVC_REMOTE}",
+        "make stack-down",
+        "train.strategy=ddp",
+        "train.devices=2",
+        "docker compose up",
+    ):
         assert command in section, command

@@ -57,9 +57,20 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 240) -> None:
         mlflow = Path(sys.executable).parent / "mlflow"
-        args = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination", str(self.root / "artifacts")]
+        args = [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -259,12 +270,18 @@ def test_a_registry_command_against_a_stopped_server_fails_in_one_line_and_is_tr
     env["MLFLOW_TRACKING_URI"] = url
     proc = subprocess.run(
         [sys.executable, "-m", "fashionops.cli", "rollback", "--params", str(REPO / "params.yaml"), "--reason", "t"],
-        capture_output=True, text=True, env=env, timeout=NO_HANG_S, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=NO_HANG_S,
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: MLflow tracking server {url} is unreachable (connection refused) during fashionops "
-                      "rollback; start it (or fix MLFLOW_TRACKING_URI) and run again"], proc.stderr[-3000:]
+    assert errors == [
+        f"error: MLflow tracking server {url} is unreachable (connection refused) during fashionops "
+        "rollback; start it (or fix MLFLOW_TRACKING_URI) and run again"
+    ], proc.stderr[-3000:]
     failure = StageFailed.from_output("register", proc.returncode, proc.stderr.splitlines())
     assert failure.transient and url in failure.message

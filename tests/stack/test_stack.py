@@ -52,8 +52,14 @@ def free_ports(n: int) -> list[int]:
 
 def fashionops(*args: str, cwd: Path, env: dict[str, str], timeout: float = 900) -> dict:
     """`fashionops ...` as a user runs it; its JSON summary."""
-    proc = subprocess.run([sys.executable, "-m", "fashionops.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fashionops.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"fashionops {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(proc.stdout)
 
@@ -100,11 +106,26 @@ def stack(tmp_path_factory, shared_catalogue):
         summary = fashionops("stack", "up", *sets, cwd=ws, env=base_env)
         up_s = time.monotonic() - started
         env = read_env_file(stack_dir / "env")
-        yield {"ws": ws, "dir": stack_dir, "sets": sets, "base_env": base_env, "env": env, "ports": ports,
-               "catalogue": catalogue, "up": summary, "up_s": up_s, "root": root}
+        yield {
+            "ws": ws,
+            "dir": stack_dir,
+            "sets": sets,
+            "base_env": base_env,
+            "env": env,
+            "ports": ports,
+            "catalogue": catalogue,
+            "up": summary,
+            "up_s": up_s,
+            "root": root,
+        }
     finally:
-        subprocess.run([sys.executable, "-m", "fashionops.cli", "stack", "down", *sets], cwd=ws, env=base_env,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [sys.executable, "-m", "fashionops.cli", "stack", "down", *sets],
+            cwd=ws,
+            env=base_env,
+            capture_output=True,
+            timeout=300,
+        )
         print(f"stack fixture: {time.monotonic() - started:.0f} s in all")
         shutil.rmtree(stack_dir, ignore_errors=True)
 
@@ -148,9 +169,19 @@ def test_training_deployment_runs_through_the_worker(stack):
     started = time.monotonic()
     # the README's command, against the stack's server
     created = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "training-pipeline/training-pipeline",
-         "--params", json.dumps(parameters)],
-        cwd=ws, env={**stack["base_env"], **env}, capture_output=True, text=True, timeout=120,
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "deployment",
+            "run",
+            "training-pipeline/training-pipeline",
+            "--params",
+            json.dumps(parameters),
+        ],
+        cwd=ws,
+        env={**stack["base_env"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert created.returncode == 0, created.stdout + created.stderr
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", created.stdout)
@@ -194,10 +225,18 @@ def test_training_deployment_runs_through_the_worker(stack):
     # the models' artifacts are objects in the MLflow bucket, listed through S3
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="fashionops-mlflow")
-            for o in page.get("Contents", [])]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="fashionops-mlflow")
+        for o in page.get("Contents", [])
+    ]
     for name, version in champions.items():
         prefix = model_prefix(mlflow_url, version)
         assert f"{prefix}/MLmodel" in keys, (name, prefix, keys[:20])
@@ -208,8 +247,14 @@ def test_training_deployment_runs_through_the_worker(stack):
     # environment); a push by hand finds them there, and a fresh clone pulls the same outputs back
     assert s3.list_objects_v2(Bucket="fashionops-dvc").get("KeyCount", 0) > 0, "the flow pushed nothing"
     dvc_env = {**stack["base_env"], **env}
-    push = subprocess.run([sys.executable, "-m", "dvc", "push", "-r", "stack"], cwd=ws, env=dvc_env,
-                          capture_output=True, text=True, timeout=600)
+    push = subprocess.run(
+        [sys.executable, "-m", "dvc", "push", "-r", "stack"],
+        cwd=ws,
+        env=dvc_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert push.returncode == 0, push.stdout + push.stderr
     assert s3.list_objects_v2(Bucket="fashionops-dvc").get("KeyCount", 0) > 0
     git("add", "-A", cwd=ws)
@@ -217,8 +262,14 @@ def test_training_deployment_runs_through_the_worker(stack):
     clone = stack["root"] / "clone"
     git("clone", "-q", str(ws), str(clone), cwd=stack["root"])
     assert not (clone / ".dvc" / "config.local").exists()  # endpoint and credentials from the env only
-    pull = subprocess.run([sys.executable, "-m", "dvc", "pull", "-r", "stack"], cwd=clone, env=dvc_env,
-                          capture_output=True, text=True, timeout=600)
+    pull = subprocess.run(
+        [sys.executable, "-m", "dvc", "pull", "-r", "stack"],
+        cwd=clone,
+        env=dvc_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert pull.returncode == 0, pull.stdout + pull.stderr
     expected = file_md5s(ws)
     assert all(any(k.startswith(f"{rel}/") for k in expected) for rel in OUTPUTS)
@@ -231,13 +282,13 @@ def model_prefix(mlflow_url: str, version: dict) -> str:
     if not location:
         source = version["source"]
         if source.startswith("models:/"):
-            model_id = source[len("models:/"):].split("/")[0]
+            model_id = source[len("models:/") :].split("/")[0]
             logged = get_json(f"{mlflow_url}/api/2.0/mlflow/logged-models/{model_id}")
             location = logged["model"]["info"]["artifact_uri"]
         else:
             location = source
     assert location.startswith("mlflow-artifacts:/"), location  # proxied by the server to S3
-    return location[len("mlflow-artifacts:/"):].strip("/")
+    return location[len("mlflow-artifacts:/") :].strip("/")
 
 
 def test_down_stops_exactly_its_processes(stack):

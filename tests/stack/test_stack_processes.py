@@ -26,10 +26,18 @@ pytestmark = pytest.mark.stack
 
 def sleeper(tmp_path: Path, name: str = "sleeper") -> processes.ProcessRecord:
     """A real detached process (with a child in its group) recorded like a stack service."""
-    script = ("import subprocess, sys, time; "
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)")
-    return processes.start(name, [sys.executable, "-c", script], tmp_path / "pids", tmp_path / "logs" / f"{name}.log",
-                           dict(os.environ), tmp_path)
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"
+    )
+    return processes.start(
+        name,
+        [sys.executable, "-c", script],
+        tmp_path / "pids",
+        tmp_path / "logs" / f"{name}.log",
+        dict(os.environ),
+        tmp_path,
+    )
 
 
 def test_a_reused_pid_is_never_signalled(tmp_path):
@@ -77,8 +85,13 @@ def test_env_file_sources_in_bash_and_is_private(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     env = read_env_file(path)
     assert tuple(env) == ENV_NAMES and env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15999"
-    shell = subprocess.run(["bash", "-c", f"source {path}; env"], capture_output=True, text=True, check=True,
-                           env={"PATH": os.environ["PATH"]})
+    shell = subprocess.run(
+        ["bash", "-c", f"source {path}; env"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     sourced = dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)
     assert {name: sourced[name] for name in ENV_NAMES} == env
     assert settings.credentials() == (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])  # kept, not regenerated

@@ -3,7 +3,9 @@
 The network itself comes from ``fashionops.models.factory`` (``self.model``); this module only
 wraps it. The loss follows ``model.loss_kind``: ``ce`` (label smoothing; class weights for
 ``train.loss: weighted_ce`` or ``prepare.balance: class_weights``), ``hinge`` (SVM head,
-``multi_margin_loss``), ``mse`` (autoencoders reconstruct the normalised input).
+``multi_margin_loss``), ``mse`` (autoencoders reconstruct the normalised input). With mixup or
+CutMix on (``train.augment``, ``training/mixing.py``) a training batch's loss is the two labels'
+losses weighted by their shares of the mixed images.
 
 Metrics are accumulated as device tensors during the epoch (no per-step host sync) and
 computed once per epoch in ``on_validation_epoch_end``: train/val loss, accuracy, macro-F1
@@ -38,6 +40,7 @@ from fashionops.data.attributes import IGNORE_INDEX
 from fashionops.errors import FashionOpsError
 from fashionops.models.spec import ModelSpec
 from fashionops.training.distributed import broadcast_buffers, gather_cat, gather_sum
+from fashionops.training.mixing import MixedBatch, mix_batch, mixing_enabled
 
 
 def macro_f1(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -121,6 +124,12 @@ class FashionLitModule(L.LightningModule):
         self.head_names = list(spec.attributes)  # extra heads, in attribute_logits order (after the primary)
         self.head_classes = [len(c) for c in spec.attributes.values()]
         self.primary_weight, self.head_weights = self._loss_weights(spec, train)
+        self.mixing = mixing_enabled(train.augment)
+        if self.mixing and (self.task != "classifier" or self.head_names):
+            raise FashionOpsError(
+                "train.augment.mixup_alpha/cutmix_alpha: mixing needs a single-label classifier "
+                f"(task classifier, no prepare.labels); got task {self.task!r} with heads {self.head_names}"
+            )
         self.history: list[dict[str, float]] = []
         self._train_stats = _EpochStats()
         self._val_stats = _EpochStats()
@@ -225,7 +234,21 @@ class FashionLitModule(L.LightningModule):
             stats.reset()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self._train_stats, self._train_heads)
+        mixed = mix_batch(batch[0], self.cfg.augment) if self.mixing else None
+        if mixed is None:
+            return self._step(batch, self._train_stats, self._train_heads)
+        return self._mixed_step(mixed, batch[1], self._train_stats)
+
+    def _mixed_step(self, mixed: MixedBatch, y: torch.Tensor, stats: _EpochStats) -> torch.Tensor:
+        """One mixed batch: each label's loss weighted by its share of the image."""
+        out = self(mixed.images)
+        loss = mixed.lam * self.compute_loss(out, mixed.images, y) + (1.0 - mixed.lam) * self.compute_loss(
+            out, mixed.images, y[mixed.partner]
+        )
+        n = self.class_weights[y].sum() if self.loss_kind == "ce" and self.class_weights is not None else y.shape[0]
+        # training accuracy of a mixed batch: against each image's own label, as timm reports it
+        stats.update(loss, n, out.argmax(1), y)
+        return loss
 
     def on_validation_epoch_start(self) -> None:
         for stats in (self._val_stats, *self._val_heads):
