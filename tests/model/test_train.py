@@ -609,13 +609,13 @@ def test_mixup_and_cutmix_train_the_stage(tmp_path, prepared, mlflow_db, monkeyp
     import fashionops.training.lit_module as lit_module
 
     modes: list[str] = []
+    mix_batch = lit_module.mix_batch
 
     def counted(images, augment):
         mixed = mix_batch(images, augment)
         modes.append(mixed.mode if mixed is not None else "none")
         return mixed
 
-    mix_batch = lit_module.mix_batch
     monkeypatch.setattr(lit_module, "mix_batch", counted)
     params = train_params(
         tmp_path,

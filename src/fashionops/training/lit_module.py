@@ -221,13 +221,17 @@ class FashionLitModule(L.LightningModule):
         x, y = batch
         out = self(x)
         loss = self.compute_loss(out, x, y)
-        # cross_entropy with class weights averages over the samples' weights, not their number
-        n = self.class_weights[y].sum() if self.loss_kind == "ce" and self.class_weights is not None else x.shape[0]
+        n = self._loss_count(y, x.shape[0])
         if self.task == "autoencoder":
             stats.update(loss, n)
         else:
             stats.update(loss, n, out.argmax(1), y)
         return loss
+
+    def _loss_count(self, y: torch.Tensor, batch_size: int) -> torch.Tensor | int:
+        """What one batch's mean loss stands for in the epoch's mean: its samples, or (cross_entropy
+        with class weights averages over the samples' weights, not their number) their weights' sum."""
+        return self.class_weights[y].sum() if self.loss_kind == "ce" and self.class_weights is not None else batch_size
 
     def on_train_epoch_start(self) -> None:
         for stats in (self._train_stats, *self._train_heads):
@@ -245,7 +249,7 @@ class FashionLitModule(L.LightningModule):
         loss = mixed.lam * self.compute_loss(out, mixed.images, y) + (1.0 - mixed.lam) * self.compute_loss(
             out, mixed.images, y[mixed.partner]
         )
-        n = self.class_weights[y].sum() if self.loss_kind == "ce" and self.class_weights is not None else y.shape[0]
+        n = self._loss_count(y, y.shape[0])
         # training accuracy of a mixed batch: against each image's own label, as timm reports it
         stats.update(loss, n, out.argmax(1), y)
         return loss

@@ -52,7 +52,7 @@ def mix_batch(images: torch.Tensor, augment: AugmentConfig) -> MixedBatch | None
     modes = [
         (name, alpha) for name, alpha in (("mixup", augment.mixup_alpha), ("cutmix", augment.cutmix_alpha)) if alpha > 0
     ]
-    if not modes or images.shape[0] < 2 or augment.mix_prob <= 0:
+    if not modes or images.shape[0] < 2:
         return None
     if augment.mix_prob < 1 and torch.rand(()).item() >= augment.mix_prob:
         return None
@@ -65,6 +65,6 @@ def mix_batch(images: torch.Tensor, augment: AugmentConfig) -> MixedBatch | None
     height, width = images.shape[-2:]
     top, bottom, left, right = cutmix_box(height, width, lam)
     mixed = images.clone()
-    mixed[..., top:bottom, left:right] = images[partner][..., top:bottom, left:right]
+    mixed[..., top:bottom, left:right] = images[partner, :, top:bottom, left:right]  # gathers the box only
     pasted = (bottom - top) * (right - left) / (height * width)
     return MixedBatch(mixed, partner, 1.0 - pasted, name)
