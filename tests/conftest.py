@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -111,6 +112,24 @@ def params_for(workdir: Path, catalogue: Path | None = None, overrides: list[str
         f"tracking.artifact_location={w / 'mlflow/artifacts'}",
     ]
     return load_params(REPO / "params.yaml", paths + list(overrides or []))
+
+
+def train_command(params, overrides: list[str], resume: bool = False) -> list[str]:
+    """`python -m fashionops.cli train` (what DVC's stage runs) with `overrides`, then `params`'
+    prepared, classifier and reports paths and its MLflow store (a subprocess sees no fixtures)."""
+    cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
+    if resume:
+        cmd.append("--resume")
+    for item in [
+        *overrides,
+        f"paths.prepared_dir={params.paths.prepared_dir}",
+        f"paths.classifier_dir={params.paths.classifier_dir}",
+        f"paths.reports_dir={params.paths.reports_dir}",
+        f"tracking.tracking_uri={params.tracking.tracking_uri}",
+        f"tracking.artifact_location={params.tracking.artifact_location}",
+    ]:
+        cmd += ["--set", item]
+    return cmd
 
 
 # Small and fast: 10 classes of 30 real images, one short epoch of the default backbone.

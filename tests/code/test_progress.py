@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import REPO, SMALL_CNN_TRAIN, params_for
+from conftest import SMALL_CNN_TRAIN, params_for, train_command
 from fashionops.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tracking_uri")
@@ -53,19 +53,7 @@ def trained(tmp_path_factory, small_catalogue):
     extra = [f"train.epochs={EPOCHS}", "train.limit_batches=3", f"train.early_stopping_patience={EPOCHS}"]
     params = params_for(work, small_catalogue, SMALL_CNN_TRAIN + extra)
     run_prepare(params.prepare, params.paths)
-    cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
-    for item in (
-        SMALL_CNN_TRAIN
-        + extra
-        + [
-            f"paths.prepared_dir={params.paths.prepared_dir}",
-            f"paths.classifier_dir={params.paths.classifier_dir}",
-            f"paths.reports_dir={params.paths.reports_dir}",
-            f"tracking.tracking_uri={params.tracking.tracking_uri}",
-            f"tracking.artifact_location={params.tracking.artifact_location}",
-        ]
-    ):
-        cmd += ["--set", item]
+    cmd = train_command(params, SMALL_CNN_TRAIN + extra)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, SMALL_CNN_TRAIN, mlflow_runs, params_for
+from conftest import SMALL_CNN_TRAIN, mlflow_runs, params_for, train_command
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tracking_uri")
 TINY = SMALL_CNN_TRAIN + [
@@ -53,26 +52,6 @@ def _params(work: Path, prepared: Path, extra: list[str]):
     return params_for(work, None, TINY + [f"paths.prepared_dir={prepared}", *extra])
 
 
-def _cli(params, extra: list[str], resume: bool = False) -> list[str]:
-    """`python -m fashionops.cli train` with ``params``' paths (what DVC's stage runs)."""
-    cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
-    if resume:
-        cmd.append("--resume")
-    for item in (
-        TINY
-        + extra
-        + [
-            f"paths.prepared_dir={params.paths.prepared_dir}",
-            f"paths.classifier_dir={params.paths.classifier_dir}",
-            f"paths.reports_dir={params.paths.reports_dir}",
-            f"tracking.tracking_uri={params.tracking.tracking_uri}",
-            f"tracking.artifact_location={params.tracking.artifact_location}",
-        ]
-    ):
-        cmd += ["--set", item]
-    return cmd
-
-
 def _workdir(params) -> Path:
     work = Path(params.paths.reports_dir).parent
     work.mkdir(parents=True, exist_ok=True)
@@ -93,7 +72,12 @@ def _client(params):
 
 def _run(params, extra: list[str], resume: bool = False) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        _cli(params, extra, resume), cwd=_workdir(params), env=_env(), capture_output=True, text=True, timeout=420
+        train_command(params, TINY + extra, resume),
+        cwd=_workdir(params),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -227,7 +211,7 @@ def _child_pids(pid: int) -> list[int]:
 
 def _start(params, extra: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        _cli(params, extra),
+        train_command(params, TINY + extra),
         cwd=_workdir(params),
         env=_env(),
         stdout=subprocess.DEVNULL,

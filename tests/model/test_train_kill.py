@@ -11,13 +11,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMALL_CNN_TRAIN, mlflow_runs, params_for
+from conftest import SMALL_CNN_TRAIN, mlflow_runs, params_for, train_command
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tracking_uri")
 TINY = SMALL_CNN_TRAIN
@@ -48,23 +47,6 @@ def _train(params) -> dict:
     )
 
 
-def _cli(params, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "fashionops.cli", "train", "--params", str(REPO / "params.yaml")]
-    for item in (
-        TINY
-        + extra
-        + [
-            f"paths.prepared_dir={params.paths.prepared_dir}",
-            f"paths.classifier_dir={params.paths.classifier_dir}",
-            f"paths.reports_dir={params.paths.reports_dir}",
-            f"tracking.tracking_uri={params.tracking.tracking_uri}",
-            f"tracking.artifact_location={params.tracking.artifact_location}",
-        ]
-    ):
-        cmd += ["--set", item]
-    return cmd
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -75,7 +57,7 @@ def _start_and_signal(params, sig: int, ready) -> tuple[subprocess.CompletedProc
     before = set(mlflow_runs(params))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
-        _cli(params, LONG),
+        train_command(params, TINY + LONG),
         cwd=Path(params.paths.reports_dir).parent,
         env=env,
         stdout=subprocess.DEVNULL,
